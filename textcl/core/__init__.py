@@ -1,0 +1,1 @@
+"""Modality-free parts shared by text objectives and vision methods."""

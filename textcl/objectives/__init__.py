@@ -1,0 +1,1 @@
+"""Text pretext objectives, one file each. Registered by name in ``textcl.core.method``."""
