@@ -1,0 +1,292 @@
+"""YAML recipe -> typed, validated ``Recipe``.
+
+Every problem with a recipe (malformed YAML, unknown key, wrong type, bad value,
+missing file, unset environment variable) raises ``RecipeError`` with one message
+naming the recipe file and the key path, plus the nearest valid key when a key is
+unknown. ``textcl.train`` prints it and exits with status 2, without a traceback.
+
+Recipe layout::
+
+    method: declutr          # registry name
+    output_dir: runs/x
+    seed: 42
+    model: {...}             # } validated by the method's own config class
+    data: {...}              # }
+    objective: {...}         # }
+    train: {...}             # TrainConfig (shared by every method)
+    eval: {...}              # EvalConfig
+
+String values may use ``${ENV_VAR}`` (or ``${ENV_VAR:-default}``); paths may use
+``textcl://data/NAME`` for files shipped in the package.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+import re
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+__all__ = [
+    "EvalConfig",
+    "EvaluatorConfig",
+    "InputFile",
+    "Recipe",
+    "RecipeError",
+    "TrainConfig",
+    "load_recipe",
+    "resolve_input_path",
+]
+
+
+class RecipeError(Exception):
+    """A recipe problem, already phrased for the user."""
+
+
+def resolve_input_path(value: str | Path) -> Path:
+    """``textcl://data/NAME`` -> packaged file; otherwise an expanded local path."""
+    from textcl.data import resolve_path
+
+    return resolve_path(str(value))
+
+
+def _existing_file(value: str) -> str:
+    if value.startswith("hf://"):  # a hub dataset: checked when it is loaded
+        return value
+    try:
+        path = resolve_input_path(value)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ValueError(str(exc)) from None
+    if not path.exists():
+        raise ValueError(f"file not found: {value} -- fix the path (relative paths are relative to the working directory)")
+    return str(path)
+
+
+#: A recipe field naming an input file that must exist.
+InputFile = Annotated[str, AfterValidator(_existing_file)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class TrainConfig(_Strict):
+    """Optimisation settings shared by every method."""
+
+    batch_size: int = Field(32, ge=1, description="examples per process per micro-step")
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps; overrides epochs")
+    optimizer: Literal["adamw", "sgd", "lars"] = "adamw"
+    lr: float = Field(2e-5, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    lars_trust_coefficient: float = Field(0.001, gt=0)
+    scheduler: Literal["constant", "linear", "cosine"] = "linear"
+    warmup_steps: int = Field(0, ge=0)
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="final lr / peak lr")
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    log_every_n_steps: int = Field(10, ge=1)
+    save_every_n_steps: int | None = Field(None, ge=1)
+    keep_last_checkpoints: int = Field(2, ge=1)
+    num_workers: int = Field(0, ge=0)
+    cpu: bool = False
+    ddp_find_unused_parameters: bool = False
+
+
+class EvaluatorConfig(_Strict):
+    """One evaluation callback (``name`` from the evaluator registry)."""
+
+    name: Literal["sts"] = "sts"
+    path: InputFile
+    prefix: str | None = Field(None, description="metric name prefix; default: the file stem")
+    batch_size: int = Field(64, ge=1)
+
+
+class EvalConfig(_Strict):
+    every_n_steps: int | None = Field(None, ge=1)
+    before_training: bool = True
+    evaluators: list[EvaluatorConfig] = []
+
+
+class _TopLevel(_Strict):
+    method: str
+    output_dir: str
+    seed: int = 42
+    model: dict[str, Any] = {}
+    data: dict[str, Any] = {}
+    objective: dict[str, Any] = {}
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+
+class Recipe:
+    """A validated recipe: shared sections typed here, method sections typed by the method."""
+
+    def __init__(self, path: str, top: _TopLevel, method_config: BaseModel, resolved: dict[str, Any]):
+        self.path = path
+        self.method = top.method
+        self.output_dir = Path(top.output_dir)
+        self.seed = top.seed
+        self.train = top.train
+        self.eval = top.eval
+        #: The method's config object with ``.model``, ``.data``, ``.objective``.
+        self.config = method_config
+        self.resolved = resolved
+
+    def to_yaml(self) -> str:
+        """The fully resolved recipe (defaults filled in, overrides applied)."""
+        return yaml.safe_dump(self.resolved, sort_keys=False, allow_unicode=True)
+
+
+# ---------------------------------------------------------------------------------
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand_env(node: Any, loc: str, source: str) -> Any:
+    if isinstance(node, dict):
+        return {k: _expand_env(v, f"{loc}.{k}" if loc else str(k), source) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_expand_env(v, f"{loc}[{i}]", source) for i, v in enumerate(node)]
+    if isinstance(node, str):
+
+        def repl(m: re.Match[str]) -> str:
+            value = os.environ.get(m.group(1))
+            if value is None:
+                if m.group(2) is not None:
+                    return m.group(2)
+                raise RecipeError(
+                    f"{source}: {loc}: environment variable {m.group(1)} is not set "
+                    f"-- export it (e.g. export {m.group(1)}=../shared/data) or edit the value"
+                )
+            return value
+
+        return _ENV.sub(repl, node)
+    return node
+
+
+def _parse_override(item: str, source: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise RecipeError(f"{source}: --set {item!r}: expected KEY=VALUE, e.g. --set train.lr=1e-4")
+    key, _, raw = item.partition("=")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def _apply_override(data: dict[str, Any], keys: list[str], value: Any, item: str, source: str) -> None:
+    node = data
+    for i, key in enumerate(keys[:-1]):
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise RecipeError(f"{source}: --set {item}: {'.'.join(keys[: i + 1])} is not a mapping")
+        node = child
+    node[keys[-1]] = value
+
+
+def _fields_at(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> list[str]:
+    """Valid field names of the (nested) model at ``loc`` -- for 'did you mean'."""
+    for part in loc:
+        if model is None or isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return []
+        model = _model_in(field.annotation)
+    return list(model.model_fields) if model is not None else []
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _format_errors(err: ValidationError, model: type[BaseModel], source: str, prefix: str = "") -> str:
+    lines = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        path = prefix + ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc)
+        path = path.replace(".[", "[")
+        if e["type"] == "extra_forbidden":
+            valid = _fields_at(model, loc[:-1])
+            close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            valid_txt = f" (valid keys: {', '.join(valid)})" if valid else ""
+            lines.append(f"{source}: {path}: unknown key{hint}{valid_txt}")
+        elif e["type"] == "missing":
+            lines.append(f"{source}: {path}: required key is missing")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            value = e.get("input")
+            shown = f" (got {value!r})" if value is not None and not isinstance(value, (dict, list)) else ""
+            lines.append(f"{source}: {path}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read, override, expand and validate a recipe file. Raises ``RecipeError``."""
+    source = str(path)
+    p = Path(path)
+    if not p.is_file():
+        raise RecipeError(f"{source}: recipe file not found")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise RecipeError(f"{source}: malformed YAML{where}: {problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError(f"{source}: the recipe must be a mapping of keys (method, model, data, ...)")
+    data = copy.deepcopy(data)
+    for item in overrides or []:
+        keys, value = _parse_override(item, source)
+        _apply_override(data, keys, value, item, source)
+    data = _expand_env(data, "", source)
+
+    try:
+        top = _TopLevel.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(_format_errors(exc, _TopLevel, source)) from None
+
+    from textcl.core.method import get_method_class
+
+    try:
+        cls = get_method_class(top.method)
+    except KeyError as exc:
+        raise RecipeError(f"{source}: method: {exc.args[0]}") from None
+    sections = {"model": top.model, "data": top.data, "objective": top.objective}
+    try:
+        method_config = cls.config_class.model_validate(sections)
+    except ValidationError as exc:
+        raise RecipeError(_format_errors(exc, cls.config_class, source)) from None
+
+    resolved = {
+        "method": top.method,
+        "output_dir": top.output_dir,
+        "seed": top.seed,
+        **method_config.model_dump(mode="json"),
+        "train": top.train.model_dump(mode="json"),
+        "eval": top.eval.model_dump(mode="json"),
+    }
+    return Recipe(source, top, method_config, resolved)

@@ -1,0 +1,370 @@
+"""The one training loop of textcl, on Hugging Face Accelerate.
+
+It knows no objective by name: a ``Method`` supplies data, loss and hooks. It owns
+optimisation (AdamW / SGD / LARS, warmup + decay, AMP, gradient accumulation,
+clipping), determinism (seeding; per-epoch data order from the seed), logging
+(tqdm, ``log.jsonl``), evaluation callbacks, crash-safe checkpoints and resume.
+
+Data order and sharding are done here rather than by ``accelerator.prepare``: every
+micro-step has a *global* batch of ``batch_size x world_size`` indices drawn from a
+permutation seeded by (seed, epoch); rank r takes the r-th contiguous slice. So the
+gathered batch of N processes equals the batch of one process with N times the
+batch size (the multi-process equivalence the tests check), and resuming mid-epoch
+just slices the index list instead of loading and discarding batches.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from textcl.core.io import replace_dir
+from textcl.core.method import Method
+from textcl.core.optim import build_optimizer, lr_lambda
+from textcl.core.recipe import TrainConfig
+
+__all__ = ["NonFiniteLossError", "Trainer", "TrainerState", "TrainingDataError"]
+
+logger = logging.getLogger("textcl")
+
+Evaluator = Callable[[Method], dict[str, float]]
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when the loss is NaN/inf; parameters are left at the last good step."""
+
+
+class TrainingDataError(ValueError):
+    """The training data cannot fill a single batch."""
+
+
+@dataclass
+class TrainerState:
+    """Position in training; checkpointed with the model, optimizer, scheduler and RNG."""
+
+    step: int = 0  # completed optimizer steps
+    epoch: int = 0
+    batch_in_epoch: int = 0  # micro-batches of this epoch already consumed
+
+    def state_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        for key, value in state.items():
+            setattr(self, key, int(value))
+
+
+class _IndexBatches(torch.utils.data.Sampler[list[int]]):
+    def __init__(self, batches: list[list[int]]):
+        self.batches = batches
+
+    def __iter__(self) -> Iterable[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class Trainer:
+    """Train a ``Method`` on its ``train_dataset()``.
+
+    Args:
+        method: the method (encoders, heads, loss, hooks).
+        config: the recipe's ``train`` section.
+        output_dir: where ``log.jsonl`` and ``checkpoints/`` go.
+        seed: seeds torch/numpy/random and the data order.
+        evaluators: name -> callable(method) -> metrics, run every
+            ``eval_every_n_steps`` and at the end (prefixed by nothing: callables
+            name their metrics).
+        callbacks: objects with optional ``on_step_end(trainer)`` (called after
+            logging, checkpointing and evaluation of a step).
+    """
+
+    def __init__(
+        self,
+        method: Method,
+        config: TrainConfig,
+        output_dir: str | Path,
+        *,
+        seed: int = 42,
+        evaluators: dict[str, Evaluator] | None = None,
+        eval_every_n_steps: int | None = None,
+        callbacks: Iterable[Any] = (),
+        accelerator: Any = None,
+    ):
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs
+
+        self.method = method
+        self.config = config
+        self.output_dir = Path(output_dir)
+        self.checkpoint_dir = self.output_dir / "checkpoints"
+        self.seed = seed
+        self.evaluators = dict(evaluators or {})
+        self.eval_every_n_steps = eval_every_n_steps
+        self.callbacks = list(callbacks)
+        self.accelerator = accelerator or Accelerator(
+            mixed_precision=config.mixed_precision,
+            cpu=config.cpu,
+            kwargs_handlers=[
+                DistributedDataParallelKwargs(find_unused_parameters=config.ddp_find_unused_parameters)
+            ],
+        )
+        self.state = TrainerState()
+        self.history: list[dict[str, Any]] = []
+        self.last_checkpoint: Path | None = None
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def _epoch_batches(self, n: int, epoch: int) -> list[list[int]]:
+        """This rank's micro-batches for ``epoch`` (drop-last, equal sizes on every rank)."""
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        b = self.config.batch_size
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        perm = torch.randperm(n, generator=g).tolist()
+        n_micro = (n // (b * world)) // self.config.gradient_accumulation_steps
+        n_micro *= self.config.gradient_accumulation_steps
+        out = []
+        for j in range(n_micro):
+            start = j * b * world + rank * b
+            out.append(perm[start : start + b])
+        return out
+
+    def _checkpoints(self) -> list[Path]:
+        if not self.checkpoint_dir.is_dir():
+            return []
+        return sorted(p for p in self.checkpoint_dir.glob("step_*") if p.is_dir())
+
+    def _save_checkpoint(self) -> None:
+        """accelerator.save_state into a temp dir, then rename: a kill never leaves a
+        half-written checkpoint under a real name."""
+        acc = self.accelerator
+        final = self.checkpoint_dir / f"step_{self.state.step:08d}"
+        tmp = self.checkpoint_dir / f".tmp-step_{self.state.step:08d}"
+        if self.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp), safe_serialization=True)
+        acc.wait_for_everyone()
+        if self.is_main:
+            replace_dir(tmp, final)
+            for old in self._checkpoints()[: -self.config.keep_last_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+        self.last_checkpoint = final
+
+    def _log(self, record: dict[str, Any]) -> None:
+        self.history.append(record)
+        if self.is_main:
+            with open(self.output_dir / "log.jsonl", "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record) + "\n")
+
+    def _truncate_log(self, step: int) -> None:
+        """After a resume, drop log lines from steps the resumed run will redo."""
+        path = self.output_dir / "log.jsonl"
+        if not (self.is_main and path.exists()):
+            return
+        keep = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    keep.append(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill
+        path.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
+
+    def evaluate(self) -> dict[str, float]:
+        """Run the method's own ``evaluate`` and every evaluator (main process)."""
+        metrics: dict[str, float] = {}
+        if self.is_main:
+            was_training = self.method.training
+            self.method.eval()
+            with torch.no_grad():
+                metrics.update(self.method.evaluate())
+                for fn in self.evaluators.values():
+                    metrics.update(fn(self.method))
+            self.method.train(was_training)
+        self.accelerator.wait_for_everyone()
+        return metrics
+
+    # ------------------------------------------------------------------ training
+    def fit(self, resume: bool = False) -> dict[str, float]:
+        """Train to ``max_steps`` (or ``epochs``); returns the final evaluation metrics."""
+        from accelerate.utils import send_to_device, set_seed
+
+        cfg, acc = self.config, self.accelerator
+        set_seed(self.seed)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+
+        dataset: Dataset = self.method.train_dataset()
+        n = len(dataset)  # type: ignore[arg-type]
+        global_batch = cfg.batch_size * acc.num_processes * cfg.gradient_accumulation_steps
+        steps_per_epoch = (n // (cfg.batch_size * acc.num_processes)) // cfg.gradient_accumulation_steps
+        if steps_per_epoch == 0:
+            raise TrainingDataError(
+                f"the training data has {n} examples, fewer than one optimizer step needs "
+                f"(batch_size {cfg.batch_size} x {acc.num_processes} processes x "
+                f"gradient_accumulation_steps {cfg.gradient_accumulation_steps} = {global_batch}); "
+                "add data or lower train.batch_size"
+            )
+        max_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
+        warmup = cfg.warmup_steps or int(round(cfg.warmup_ratio * max_steps))
+
+        optimizer = self.method.configure_optimizer(cfg)
+        if optimizer is None:
+            optimizer = build_optimizer(self.method.parameter_groups(cfg.weight_decay), cfg)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lr_lambda(cfg.scheduler, max_steps, warmup, cfg.min_lr_ratio)
+        )
+        model, optimizer = acc.prepare(self.method, optimizer)
+        acc.register_for_checkpointing(scheduler, self.state)
+        self.optimizer, self.scheduler, self.model = optimizer, scheduler, model
+
+        if resume:
+            ckpts = self._checkpoints()
+            if ckpts:
+                acc.load_state(str(ckpts[-1]))
+                self.last_checkpoint = ckpts[-1]
+                self._truncate_log(self.state.step)
+                logger.info("resumed from %s (step %d)", ckpts[-1], self.state.step)
+            else:
+                logger.warning("--resume: no checkpoint in %s; starting from scratch", self.checkpoint_dir)
+        elif self.is_main and (self.output_dir / "log.jsonl").exists():
+            (self.output_dir / "log.jsonl").unlink()
+
+        self.method.on_train_start(self)
+        model.train()
+        accum = cfg.gradient_accumulation_steps
+        progress = None
+        if self.is_main:
+            from tqdm.auto import tqdm
+
+            progress = tqdm(total=max_steps, initial=self.state.step, desc="train", unit="step", dynamic_ncols=True)
+
+        window: dict[str, float] = {}
+        window_steps, window_examples, window_start = 0, 0, time.perf_counter()
+        loader_gen = torch.Generator().manual_seed(self.seed)
+
+        while self.state.step < max_steps:
+            epoch = self.state.epoch
+            if hasattr(dataset, "set_epoch"):
+                dataset.set_epoch(epoch)
+            self.method.on_epoch_start(epoch)
+            batches = self._epoch_batches(n, epoch)[self.state.batch_in_epoch :]
+            # A dedicated generator: creating a DataLoader iterator must not consume
+            # the global torch RNG, or a resumed run's dropout masks would diverge.
+            loader = DataLoader(
+                dataset,
+                batch_sampler=_IndexBatches(batches),
+                collate_fn=self.method.collate,
+                num_workers=cfg.num_workers,
+                generator=loader_gen,
+                pin_memory=cfg.num_workers > 0 and acc.device.type == "cuda",
+            )
+            it = iter(loader)
+            for _ in range(len(batches) // accum):
+                if self.state.step >= max_steps:
+                    break
+                step_metrics: dict[str, float] = {}
+                examples = 0
+                for micro in range(accum):
+                    batch = send_to_device(next(it), acc.device)
+                    examples += self.method.examples_in(batch)
+                    sync = micro == accum - 1
+                    with nullcontext() if sync else acc.no_sync(model):
+                        out = model(batch)
+                        loss = out["loss"]
+                        finite = torch.tensor(float(torch.isfinite(loss.detach()).all()), device=acc.device)
+                        if acc.num_processes > 1:
+                            finite = acc.reduce(finite, reduction="sum") / acc.num_processes
+                        if finite.item() < 1.0:
+                            self._non_finite(loss)
+                        acc.backward(loss / accum)
+                    for key, value in out.items():
+                        v = float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
+                        step_metrics[key] = step_metrics.get(key, 0.0) + v / accum
+                    self.state.batch_in_epoch += 1
+                self.method.before_optimizer_step(self.state.step)
+                if cfg.max_grad_norm is not None and acc.sync_gradients:
+                    grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                    if grad_norm is not None:
+                        step_metrics["grad_norm"] = float(grad_norm)
+                lr = scheduler.get_last_lr()[0]
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                self.state.step += 1
+                self.method.after_optimizer_step(self.state.step)
+
+                for key, value in step_metrics.items():
+                    window[key] = window.get(key, 0.0) + value
+                window_steps += 1
+                window_examples += examples * acc.num_processes
+                if progress is not None:
+                    progress.update(1)
+                    progress.set_postfix(loss=f"{step_metrics['loss']:.4f}", lr=f"{lr:.2e}")
+
+                step = self.state.step
+                if step % cfg.log_every_n_steps == 0 or step == max_steps:
+                    elapsed = time.perf_counter() - window_start
+                    record = {"step": step, "epoch": epoch, "lr": lr}
+                    for key, value in window.items():
+                        mean = torch.tensor(value / window_steps, device=acc.device)
+                        if acc.num_processes > 1:
+                            mean = acc.reduce(mean, reduction="mean")
+                        record[key] = float(mean)
+                    record["examples_per_sec"] = window_examples / max(elapsed, 1e-9)
+                    self._log(record)
+                    window, window_steps, window_examples = {}, 0, 0
+                    window_start = time.perf_counter()
+                if cfg.save_every_n_steps and (step % cfg.save_every_n_steps == 0 or step == max_steps):
+                    self._save_checkpoint()
+                if self.eval_every_n_steps and step % self.eval_every_n_steps == 0 and step != max_steps:
+                    metrics = self.evaluate()
+                    if metrics:
+                        self._log({"step": step, **{f"eval/{k}": v for k, v in metrics.items()}})
+                for cb in self.callbacks:
+                    if hasattr(cb, "on_step_end"):
+                        cb.on_step_end(self)
+            else:
+                # Epoch's batches exhausted: move to the next epoch.
+                self.method.on_epoch_end(epoch)
+                self.state.epoch += 1
+                self.state.batch_in_epoch = 0
+                continue
+            break  # max_steps reached inside the epoch
+
+        if progress is not None:
+            progress.close()
+        model.eval()
+        metrics = self.evaluate()
+        if metrics:
+            self._log({"step": self.state.step, **{f"eval/{k}": v for k, v in metrics.items()}})
+        return metrics
+
+    def _non_finite(self, loss: torch.Tensor) -> None:
+        where = (
+            f"the last good checkpoint is {self.last_checkpoint}"
+            if self.last_checkpoint
+            else "no checkpoint was written yet (set train.save_every_n_steps)"
+        )
+        raise NonFiniteLossError(
+            f"non-finite loss ({float(loss.detach())}) at step {self.state.step + 1}; training stopped "
+            f"before the update, {where}. Try a lower train.lr, train.max_grad_norm, or "
+            f"train.mixed_precision: no."
+        )
+

@@ -1,0 +1,352 @@
+"""DeCLUTR (Giorgi et al., ACL 2021): contrastive learning of spans from documents.
+
+Per document, ``num_anchors`` anchor spans with lengths ``floor(p * (max - min)) + min``
+tokens, ``p ~ Beta(4, 2)`` (long anchors); for each anchor ``num_positives`` positive
+spans with ``p ~ Beta(2, 4)`` (shorter), whose start is uniform in
+``[anchor_start - len_pos, anchor_end]`` -- so a positive may overlap the anchor, be
+adjacent to it, or be subsumed by it. A document must hold
+``num_anchors * max_span_len * 2`` tokens (the paper's requirement). Positives of
+an anchor are averaged into one key (the paper's choice; ``positive_aggregation:
+multi`` uses multi-positive InfoNCE instead). Loss: InfoNCE of each anchor against
+the positives of every anchor in the global batch; optional MLM on the anchors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field, model_validator
+
+from textcl.core.distributed import batch_offset, gather_with_grad
+from textcl.core.losses import info_nce
+from textcl.core.method import Method, MethodConfig
+from textcl.core.recipe import InputFile
+from textcl.documents import DataError, Document, held_out_split, load_documents
+
+__all__ = ["DeCLUTR", "DeCLUTRConfig", "SpanSampler"]
+
+CITATION = """@inproceedings{giorgi-etal-2021-declutr,
+  title = {{DeCLUTR}: Deep Contrastive Learning for Unsupervised Textual Representations},
+  author = {Giorgi, John and Nitski, Osvald and Wang, Bo and Bader, Gary},
+  booktitle = {Proceedings of ACL-IJCNLP 2021},
+  pages = {879--895},
+  year = {2021}
+}"""
+
+
+# --------------------------------------------------------------------- recipe sections
+class EncoderSection(MethodConfig):
+    name_or_path: str = "sentence-transformers/all-MiniLM-L6-v2"
+    pooling: Literal["mean", "cls", "max"] | None = None
+    max_seq_length: int | None = Field(None, ge=8)
+    normalize: bool | None = None
+    projection_dim: int | None = Field(None, ge=1)
+    projection_hidden_dim: int | None = Field(None, ge=1)
+
+
+class DocumentSection(MethodConfig):
+    documents: InputFile
+    text_field: str = "text"
+    id_field: str = "id"
+    max_documents: int | None = Field(None, ge=1)
+    held_out_fraction: float = Field(0.05, ge=0, lt=1)
+    max_eval_documents: int = Field(128, ge=2)
+    skip_short_documents: bool = False
+
+
+class DeCLUTRObjective(MethodConfig):
+    num_anchors: int = Field(2, ge=1)
+    num_positives: int = Field(2, ge=1)
+    min_span_len: int = Field(32, ge=1)
+    max_span_len: int = Field(128, ge=1)
+    temperature: float = Field(0.05, gt=0)
+    positive_aggregation: Literal["mean", "multi"] = "mean"
+    mlm_weight: float = Field(0.0, ge=0)
+    mlm_probability: float = Field(0.15, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _spans(self) -> DeCLUTRObjective:
+        if self.min_span_len > self.max_span_len:
+            raise ValueError(
+                f"min_span_len ({self.min_span_len}) must be <= max_span_len ({self.max_span_len})"
+            )
+        return self
+
+
+class DeCLUTRConfig(MethodConfig):
+    model: EncoderSection = EncoderSection()
+    data: DocumentSection
+    objective: DeCLUTRObjective = DeCLUTRObjective()
+
+
+# --------------------------------------------------------------------- span sampling
+class SpanSampler:
+    """Samples DeCLUTR anchor/positive spans from a tokenised document.
+
+    Spans are ``(start, end)`` token offsets (end exclusive) into the document.
+    """
+
+    def __init__(self, num_anchors: int, num_positives: int, min_len: int, max_len: int):
+        self.num_anchors, self.num_positives = num_anchors, num_positives
+        self.min_len, self.max_len = min_len, max_len
+
+    @property
+    def min_document_length(self) -> int:
+        return self.num_anchors * self.max_len * 2
+
+    def _length(self, rng: np.random.Generator, a: float, b: float) -> int:
+        return int(rng.beta(a, b) * (self.max_len - self.min_len)) + self.min_len
+
+    def sample(
+        self, n_tokens: int, rng: np.random.Generator
+    ) -> tuple[list[tuple[int, int]], list[list[tuple[int, int]]]]:
+        """Anchors and, per anchor, its positives. Raises ``ValueError`` if too short."""
+        if n_tokens < self.min_document_length:
+            raise ValueError(f"document has {n_tokens} tokens, needs >= {self.min_document_length}")
+        anchors, positives = [], []
+        for _ in range(self.num_anchors):
+            la = self._length(rng, 4, 2)
+            sa = int(rng.integers(0, n_tokens - la + 1))
+            anchors.append((sa, sa + la))
+            pos = []
+            for _ in range(self.num_positives):
+                lp = self._length(rng, 2, 4)
+                lo, hi = max(0, sa - lp), min(sa + la, n_tokens - lp)
+                sp = int(rng.integers(lo, hi + 1))
+                pos.append((sp, sp + lp))
+            positives.append(pos)
+        return anchors, positives
+
+
+class _SpanDataset(torch.utils.data.Dataset):
+    """Tokenised documents; each item samples fresh spans from (seed, epoch, index)."""
+
+    def __init__(self, token_ids: list[list[int]], sampler: SpanSampler, seed: int):
+        self.token_ids, self.sampler, self.seed = token_ids, sampler, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        rng = np.random.default_rng([self.seed, self.epoch + 1, index])
+        ids = self.token_ids[index]
+        anchors, positives = self.sampler.sample(len(ids), rng)
+        return {
+            "anchors": [ids[s:e] for s, e in anchors],
+            "positives": [ids[s:e] for group in positives for s, e in group],
+            "mlm_seed": int(rng.integers(0, 2**31 - 1)),
+        }
+
+
+# --------------------------------------------------------------------- the method
+class DeCLUTR(Method):
+    name = "declutr"
+    config_class = DeCLUTRConfig
+    citation = CITATION
+
+    def __init__(self, encoder: Any, config: DeCLUTRConfig, documents: list[Document], seed: int = 42,
+                 mlm_model: torch.nn.Module | None = None):
+        super().__init__()
+        self.encoder = encoder
+        self.cfg = config
+        self.seed = seed
+        self.mlm_model = mlm_model
+        obj = config.objective
+        self.sampler = SpanSampler(obj.num_anchors, obj.num_positives, obj.min_span_len, obj.max_span_len)
+        specials = encoder.tokenizer.num_special_tokens_to_add(pair=False)
+        if obj.max_span_len + specials > encoder.max_seq_length:
+            raise DataError(
+                f"objective.max_span_len ({obj.max_span_len}) + {specials} special tokens exceeds the "
+                f"encoder's max_seq_length ({encoder.max_seq_length}); lower max_span_len or raise "
+                "model.max_seq_length"
+            )
+        train_docs, held = held_out_split(documents, config.data.held_out_fraction)
+        self.train_ids, self.skipped_train = self._tokenize(train_docs)
+        self.eval_ids, self.skipped_eval = self._tokenize(held[: config.data.max_eval_documents])
+        if not self.train_ids:
+            raise DataError(
+                f"{config.data.documents}: no training document has the {self.sampler.min_document_length} "
+                "tokens DeCLUTR needs (num_anchors * max_span_len * 2)"
+            )
+
+    def _tokenize(self, docs: list[Document]) -> tuple[list[list[int]], int]:
+        if not docs:
+            return [], 0
+        tok = self.encoder.tokenizer
+        ids = tok([d.text for d in docs], add_special_tokens=False, verbose=False)["input_ids"]
+        need = self.sampler.min_document_length
+        keep, skipped = [], 0
+        for doc, token_ids in zip(docs, ids):
+            if len(token_ids) >= need:
+                keep.append(token_ids)
+            elif self.cfg.data.skip_short_documents:
+                skipped += 1
+            else:
+                raise DataError(
+                    f"{self.cfg.data.documents}: document {doc.id!r} has {len(token_ids)} tokens; DeCLUTR "
+                    f"needs at least {need} (num_anchors * max_span_len * 2). Set "
+                    "data.skip_short_documents: true to skip such documents, or lower "
+                    "objective.max_span_len / objective.num_anchors"
+                )
+        return keep, skipped
+
+    @classmethod
+    def from_recipe(cls, recipe: Any) -> DeCLUTR:
+        from textcl.encoders import TextEncoder
+
+        cfg: DeCLUTRConfig = recipe.config
+        m = cfg.model
+        mlm_model = None
+        transformer = None
+        if cfg.objective.mlm_weight > 0:
+            mlm_model, transformer = _load_mlm(m.name_or_path)
+        encoder = TextEncoder.from_pretrained(
+            m.name_or_path,
+            pooling=m.pooling,
+            max_seq_length=m.max_seq_length,
+            normalize=m.normalize,
+            projection_dim=m.projection_dim,
+            projection_hidden_dim=m.projection_hidden_dim,
+            transformer=transformer,
+        )
+        docs = load_documents(
+            cfg.data.documents, text_field=cfg.data.text_field, id_field=cfg.data.id_field,
+            max_documents=cfg.data.max_documents,
+        )
+        return cls(encoder, cfg, docs, seed=recipe.seed, mlm_model=mlm_model)
+
+    # ---- data
+    def train_dataset(self) -> torch.utils.data.Dataset:
+        return _SpanDataset(self.train_ids, self.sampler, self.seed)
+
+    def collate(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        batch: dict[str, Any] = {
+            "anchors": self.encoder.pad_token_ids([a for ex in examples for a in ex["anchors"]]),
+            "positives": self.encoder.pad_token_ids([p for ex in examples for p in ex["positives"]]),
+        }
+        if self.mlm_model is not None:
+            batch["mlm"] = self._mask(batch["anchors"], examples[0]["mlm_seed"])
+        return batch
+
+    def _mask(self, features: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+        """BERT masking (80/10/10) of non-special tokens, seeded by the batch."""
+        tok = self.encoder.tokenizer
+        g = torch.Generator().manual_seed(seed)
+        ids = features["input_ids"].clone()
+        special = torch.tensor(
+            [tok.get_special_tokens_mask(row, already_has_special_tokens=True) for row in ids.tolist()],
+            dtype=torch.bool,
+        ) | (features["attention_mask"] == 0)
+        prob = torch.full(ids.shape, self.cfg.objective.mlm_probability)
+        masked = torch.bernoulli(prob, generator=g).bool() & ~special
+        labels = torch.where(masked, ids, torch.full_like(ids, -100))
+        replace = torch.bernoulli(torch.full(ids.shape, 0.8), generator=g).bool() & masked
+        ids[replace] = tok.mask_token_id
+        rand = torch.bernoulli(torch.full(ids.shape, 0.5), generator=g).bool() & masked & ~replace
+        ids[rand] = torch.randint(len(tok), ids.shape, generator=g)[rand]
+        return {"input_ids": ids, "attention_mask": features["attention_mask"], "labels": labels}
+
+    def examples_in(self, batch: dict[str, Any]) -> int:
+        return int(batch["anchors"]["input_ids"].shape[0]) // self.cfg.objective.num_anchors
+
+    # ---- loss
+    def _loss(self, anchors: torch.Tensor, positives: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """InfoNCE of anchors (local) vs gathered positives; returns (loss, top-1 acc)."""
+        obj = self.cfg.objective
+        n = anchors.shape[0]
+        p = positives.view(n, obj.num_positives, -1)
+        if obj.positive_aggregation == "mean":
+            keys = gather_with_grad(p.mean(dim=1))
+            labels = torch.arange(n, device=anchors.device) + batch_offset(n)
+            loss = info_nce(anchors, keys, labels=labels, temperature=obj.temperature)
+            pred_ok = _top1(anchors, keys, labels)
+        else:
+            keys = gather_with_grad(positives)
+            owner = torch.arange(keys.shape[0], device=keys.device) // obj.num_positives
+            labels = torch.arange(n, device=anchors.device) + batch_offset(n)
+            mask = owner[None, :] == labels[:, None]
+            loss = info_nce(anchors, keys, positive_mask=mask, temperature=obj.temperature)
+            pred_ok = _top1(anchors, keys, labels, owner)
+        return loss, pred_ok
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        a = self.encoder(batch["anchors"], project=True)
+        p = self.encoder(batch["positives"], project=True)
+        loss, acc = self._loss(a, p)
+        out = {"contrastive_loss": loss.detach(), "top1": acc}
+        if self.mlm_model is not None:
+            mlm = self.mlm_model(**batch["mlm"]).loss
+            loss = loss + self.cfg.objective.mlm_weight * mlm
+            out["mlm_loss"] = mlm.detach()
+        out["loss"] = loss
+        return out
+
+    # ---- evaluation and output
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Held-out documents: each anchor retrieves its (averaged) positive among all
+        held-out anchors' positives; fixed spans (epoch -1) so numbers are comparable."""
+        if len(self.eval_ids) < 2:
+            return {}
+        ds = _SpanDataset(self.eval_ids, self.sampler, self.seed)
+        ds.set_epoch(-2)
+        items = [ds[i] for i in range(len(ds))]
+        anchors, positives = [], []
+        for start in range(0, len(items), 16):
+            batch = self.collate(items[start : start + 16])
+            dev = next(self.parameters()).device
+            anchors.append(self.encoder({k: v.to(dev) for k, v in batch["anchors"].items()}))
+            positives.append(self.encoder({k: v.to(dev) for k, v in batch["positives"].items()}))
+        a, p = torch.cat(anchors), torch.cat(positives)
+        n, obj = a.shape[0], self.cfg.objective
+        keys = p.view(n, obj.num_positives, -1).mean(dim=1)
+        labels = torch.arange(n, device=a.device)
+        loss = info_nce(a, keys, labels=labels, temperature=obj.temperature)
+        return {"declutr_heldout_top1": float(_top1(a, keys, labels)), "declutr_heldout_loss": float(loss)}
+
+    def card_info(self) -> dict[str, Any]:
+        e = self.encoder
+        data = self.cfg.data
+        skipped = self.skipped_train + self.skipped_eval
+        return {
+            "objective": "DeCLUTR (contrastive span prediction from documents, InfoNCE)",
+            "objective_citation": CITATION,
+            "base_model": self.cfg.model.name_or_path,
+            "pooling": e.pooling,
+            "dim": e.dim,
+            "max_seq_length": e.max_seq_length,
+            "data": (
+                f"{len(self.train_ids)} training documents from `{data.documents}` "
+                f"({len(self.eval_ids)} held out for the pretext metric; {skipped} skipped as too short)"
+            ),
+        }
+
+    def save_model(self, path: Path, card_info: dict[str, Any]) -> None:
+        from textcl.card import render_model_card
+
+        self.encoder.save(path, model_card=render_model_card(card_info))
+
+
+def _top1(query: torch.Tensor, keys: torch.Tensor, labels: torch.Tensor,
+          owner: torch.Tensor | None = None) -> torch.Tensor:
+    pred = (torch.nn.functional.normalize(query, dim=-1) @ torch.nn.functional.normalize(keys, dim=-1).T).argmax(1)
+    if owner is not None:
+        pred = owner[pred]
+    return (pred == labels).float().mean().detach()
+
+
+def _load_mlm(name_or_path: str) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """An MLM model whose base model doubles as the contrastive encoder (shared weights)."""
+    from transformers import AutoModelForMaskedLM
+
+    from textcl.encoders import resolve_model_path
+
+    model = AutoModelForMaskedLM.from_pretrained(str(resolve_model_path(name_or_path)))
+    return model, model.base_model
