@@ -1,0 +1,79 @@
+"""Every bad-recipe case: one clear message naming the file and key, exit code 2."""
+
+import _toy  # noqa: F401  (registers the "toy" method)
+import pytest
+
+from textcl.core.recipe import RecipeError, load_recipe
+from textcl.train import main
+
+GOOD = "method: toy\noutput_dir: {out}\ntrain: {{batch_size: 8, max_steps: 2}}\n"
+
+
+def _recipe(tmp_path, text):
+    p = tmp_path / "recipe.yaml"
+    p.write_text(text.format(out=tmp_path / "out"))
+    return str(p)
+
+
+CASES = [
+    # (recipe text, extra args, expected fragments)
+    ("method: toy\noutput_dir: {out}\ntrian: {{}}\n", [], ["trian: unknown key", "did you mean 'train'"]),
+    ("method: toy\noutput_dir: {out}\ntrain: {{bach_size: 8}}\n", [],
+     ["train.bach_size: unknown key", "did you mean 'batch_size'"]),
+    ("method: toy\noutput_dir: {out}\ntrain: {{batch_size: big}}\n", [], ["train.batch_size", "integer", "'big'"]),
+    ("method: toy\noutput_dir: {out}\ntrain: {{lr: -1}}\n", [], ["train.lr", "greater than 0"]),
+    ("method: toy\noutput_dir: {out}\ntrain: {{optimizer: adam}}\n", [], ["train.optimizer", "'adamw'"]),
+    ("method: toy\noutput_dir: {out}\ntrain: [1, 2\n", [], ["malformed YAML at line 4"]),
+    ("method: toyy\noutput_dir: {out}\n", [], ["method: unknown method 'toyy'", "did you mean 'toy'"]),
+    ("output_dir: {out}\n", [], ["method: required key is missing"]),
+    ("method: toy\noutput_dir: {out}\nobjective: {{nan_at_stp: 1}}\n", [],
+     ["objective.nan_at_stp: unknown key", "did you mean 'nan_at_step'"]),
+    ("method: toy\noutput_dir: ${{TEXTCL_TEST_UNSET_VAR}}/x\n", [],
+     ["output_dir: environment variable TEXTCL_TEST_UNSET_VAR is not set"]),
+    (GOOD, ["--set", "train.batch_size"], ["expected KEY=VALUE"]),
+    (GOOD, ["--set", "train.batch_size=0"], ["train.batch_size", "greater than or equal to 1"]),
+    ("method: declutr\noutput_dir: {out}\ndata: {{documents: /nonexistent/docs.jsonl}}\n", [],
+     ["data.documents: file not found: /nonexistent/docs.jsonl"]),
+    ("method: declutr\noutput_dir: {out}\n", [], ["data.documents: required key is missing"]),
+    ("method: declutr\noutput_dir: {out}\ndata: {{documents: textcl://data/gutenberg_sample.jsonl.gz}}\n"
+     "objective: {{num_anchor: 2}}\n", [], ["objective.num_anchor: unknown key", "did you mean 'num_anchors'"]),
+    ("method: declutr\noutput_dir: {out}\ndata: {{documents: textcl://data/gutenberg_sample.jsonl.gz}}\n"
+     "objective: {{min_span_len: 64, max_span_len: 32}}\n", [], ["objective", "min_span_len (64) must be <="]),
+]
+
+
+@pytest.mark.parametrize("text,args,fragments", CASES)
+def test_bad_recipe_exit_2_with_message(tmp_path, capsys, text, args, fragments):
+    path = _recipe(tmp_path, text)
+    assert main([path, *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}: ")
+    for fragment in fragments:
+        assert fragment in err, err
+    assert "Traceback" not in err
+    assert not (tmp_path / "out").exists()  # nothing written for a bad recipe
+
+
+def test_missing_recipe_file(tmp_path, capsys):
+    assert main([str(tmp_path / "nope.yaml")]) == 2
+    assert "recipe file not found" in capsys.readouterr().err
+
+
+def test_overrides_env_and_resolved_dump(tmp_path, monkeypatch):
+    monkeypatch.setenv("TEXTCL_TEST_OUT", str(tmp_path / "envout"))
+    path = _recipe(tmp_path, "method: toy\noutput_dir: ${{TEXTCL_TEST_OUT}}/run\n")
+    r = load_recipe(path, ["train.lr=3e-4", "model.dim=6", "seed=5"])
+    assert r.train.lr == pytest.approx(3e-4) and r.config.model.dim == 6 and r.seed == 5
+    assert str(r.output_dir) == str(tmp_path / "envout" / "run")
+    dumped = r.to_yaml()
+    assert "lr: 0.0003" in dumped and "dim: 6" in dumped and "warmup_steps: 0" in dumped  # defaults filled
+
+
+def test_env_default_syntax(tmp_path):
+    path = _recipe(tmp_path, "method: toy\noutput_dir: ${{TEXTCL_TEST_UNSET_VAR:-fallback}}/x\n")
+    assert str(load_recipe(path).output_dir) == "fallback/x"
+
+
+def test_recipe_error_is_raised_programmatically(tmp_path):
+    with pytest.raises(RecipeError, match="did you mean 'train'"):
+        load_recipe(_recipe(tmp_path, "method: toy\noutput_dir: x\ntrian: {{}}\n"))
