@@ -124,8 +124,9 @@ class SpanSampler:
 class _SpanDataset(torch.utils.data.Dataset):
     """Tokenised documents; each item samples fresh spans from (seed, epoch, index)."""
 
-    def __init__(self, token_ids: list[list[int]], sampler: SpanSampler, seed: int):
+    def __init__(self, token_ids: list[list[int]], sampler: SpanSampler, seed: int, stream: int = 0):
         self.token_ids, self.sampler, self.seed = token_ids, sampler, seed
+        self.stream = stream  # 0: training, 1: fixed held-out spans
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -135,7 +136,7 @@ class _SpanDataset(torch.utils.data.Dataset):
         return len(self.token_ids)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        rng = np.random.default_rng([self.seed, self.epoch + 1, index])
+        rng = np.random.default_rng([self.seed, self.stream, self.epoch, index])
         ids = self.token_ids[index]
         anchors, positives = self.sampler.sample(len(ids), rng)
         return {
@@ -292,11 +293,11 @@ class DeCLUTR(Method):
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Held-out documents: each anchor retrieves its (averaged) positive among all
-        held-out anchors' positives; fixed spans (epoch -1) so numbers are comparable."""
+        held-out anchors' positives; fixed spans (their own seed stream) so numbers are
+        comparable across evaluations."""
         if len(self.eval_ids) < 2:
             return {}
-        ds = _SpanDataset(self.eval_ids, self.sampler, self.seed)
-        ds.set_epoch(-2)
+        ds = _SpanDataset(self.eval_ids, self.sampler, self.seed, stream=1)
         items = [ds[i] for i in range(len(ds))]
         anchors, positives = [], []
         for start in range(0, len(items), 16):

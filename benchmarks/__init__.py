@@ -1,0 +1,1 @@
+"""Benchmarks for textcl (run as modules, e.g. ``python -m benchmarks.speed encode``)."""
