@@ -149,3 +149,12 @@ train: {{batch_size: 8, max_steps: 4}}
     assert not (tmp_path / "run" / "metrics.json").exists()
     with pytest.raises(NonFiniteLossError):
         run(recipe, overwrite=True)
+
+
+def test_bf16_autocast_trains(tmp_path):
+    # CPU autocast in bf16 (what `mixed_precision: bf16` gives on machines without a GPU)
+    m = _toy()
+    before = m.evaluate()["toy_mse"]
+    after = Trainer(m, _cfg(max_steps=40, mixed_precision="bf16"), tmp_path).fit()["toy_mse"]
+    assert after < 0.5 * before
+    assert all(p.dtype == torch.float32 for p in m.parameters())  # master weights stay fp32
