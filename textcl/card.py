@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 TAGS = ["sentence-transformers", "feature-extraction", "sentence-similarity", "contrastive-learning"]
@@ -14,6 +15,7 @@ TEXTCL_BIBTEX = """@software{textcl,
 }"""
 
 _PLACEHOLDER = "path/to/this/model"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 def _yaml_scalar(value: str) -> str:
@@ -22,7 +24,7 @@ def _yaml_scalar(value: str) -> str:
 
     # JSON strings are valid YAML double-quoted scalars; quote anything that could be
     # read as another type or as YAML syntax (a hub id like "org/name" is fine bare).
-    plain = value and all(c.isalnum() or c in "-_./" for c in value) and not value[0] in "-."
+    plain = value and all(c.isalnum() or c in "-_./" for c in value) and value[0] not in "-."
     lowered = value.lower()
     if plain and lowered not in {"true", "false", "yes", "no", "on", "off", "null", "~"}:
         try:
@@ -51,7 +53,8 @@ def _front_matter(info: dict[str, Any]) -> list[str]:
     lines = ["---", "library_name: textcl", "tags:"]
     lines += [f"- {tag}" for tag in TAGS]
     lines.append("pipeline_tag: sentence-similarity")
-    if info.get("base_model"):
+    # Only hub ids: the hub rejects local paths in base_model (the body still shows them).
+    if info.get("base_model") and _HUB_ID.match(str(info["base_model"])):
         lines.append(f"base_model: {_yaml_scalar(str(info['base_model']))}")
     lines.append("---")
     return lines
@@ -90,7 +93,7 @@ def render_model_card(info: dict[str, Any]) -> str:
         out.append("- Text encoder trained with a contrastive self-supervised objective.")
     out += [
         "",
-        "The projection head used during training is not part of this model; it outputs the "
+        "Any projection head used during training is not part of this model: it outputs the "
         "pooled encoder representation.",
         "",
     ]
@@ -136,11 +139,16 @@ def render_model_card(info: dict[str, Any]) -> str:
         "",
     ]
 
-    out += ["## Citation", "", "```bibtex", TEXTCL_BIBTEX % __version__, "```", ""]
     citation = info.get("objective_citation") or info.get("citation")
+    out += ["## Citation", ""]
+    out.append(
+        "If you use this model, please cite textcl and the paper of its training objective:"
+        if citation
+        else "If you use this model, please cite textcl:"
+    )
+    out += ["", "```bibtex", TEXTCL_BIBTEX % __version__, "```", ""]
     if citation:
         citation = str(citation).strip()
-        out += ["Objective:", ""]
         if citation.startswith("@"):
             out += ["```bibtex", citation, "```", ""]
         else:

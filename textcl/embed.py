@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from textcl.encoders import TextEncoder
+from textcl.encoders import TextEncoder, cpu_token_budget, plan_length_batches
 
 # Texts tokenized per call, in multiples of the batch size: one call lets the Rust tokenizer
 # work in parallel and lets us re-sort by *token* length; bounded so that millions of texts
@@ -92,6 +92,9 @@ class Embedder:
         chunk = batch_size * _CHUNK_BATCHES
         if show_progress is None:
             show_progress = -(-n // batch_size) >= _PROGRESS_MIN_BATCHES
+        # On CPU, cap the padded tokens per forward (see cpu_token_budget); it matters for
+        # long texts with big batches. GPUs want the biggest batches, so no cap there.
+        budget = cpu_token_budget(self.dim) if device.type == "cpu" else None
         from tqdm.auto import tqdm
 
         was_training = encoder.training
@@ -112,8 +115,9 @@ class Embedder:
                     # Token-length order inside the chunk: ~20% fewer padded tokens than
                     # character order (measured on MiniLM), and the model's cost is per token.
                     within = sorted(range(len(idx)), key=lambda j: -len(ids[j]))
-                    for b in range(0, len(within), batch_size):
-                        sel = within[b : b + batch_size]
+                    lengths = [len(ids[j]) for j in within]
+                    for b, e in plan_length_batches(lengths, batch_size, budget):
+                        sel = within[b:e]
                         features = encoder.collate([ids[j] for j in sel])
                         if device.type != "cpu":
                             features = {k: v.to(device, non_blocking=True) for k, v in features.items()}

@@ -48,6 +48,19 @@ class TrainingDataError(ValueError):
     """The training data cannot fill a single batch."""
 
 
+def _reset_single_process_accelerate_state() -> None:
+    """Let a second Trainer in one process use another precision/device (notebooks, tests).
+
+    Accelerate keeps process-wide state and refuses a new ``mixed_precision`` once it is
+    set. In a single process nothing else depends on it, so it is reset; under a
+    distributed launch it stays, since it holds the process group.
+    """
+    from accelerate.state import AcceleratorState, PartialState
+
+    if PartialState._shared_state and PartialState().num_processes == 1:
+        AcceleratorState._reset_state(reset_partial_state=True)
+
+
 @dataclass
 class TrainerState:
     """Position in training; checkpointed with the model, optimizer, scheduler and RNG."""
@@ -113,6 +126,8 @@ class Trainer:
         self.evaluators = dict(evaluators or {})
         self.eval_every_n_steps = eval_every_n_steps
         self.callbacks = list(callbacks)
+        if accelerator is None:
+            _reset_single_process_accelerate_state()
         self.accelerator = accelerator or Accelerator(
             mixed_precision=config.mixed_precision,
             cpu=config.cpu,

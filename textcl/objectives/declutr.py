@@ -25,6 +25,7 @@ from textcl.core.losses import info_nce
 from textcl.core.method import Method, MethodConfig
 from textcl.core.recipe import InputFile
 from textcl.documents import DataError, Document, held_out_split, load_documents
+from textcl.encoders import cpu_token_budget
 
 __all__ = ["DeCLUTR", "DeCLUTRConfig", "SpanSampler"]
 
@@ -45,6 +46,9 @@ class EncoderSection(MethodConfig):
     normalize: bool | None = None
     projection_dim: int | None = Field(None, ge=1)
     projection_hidden_dim: int | None = Field(None, ge=1)
+    # Padded tokens per forward chunk (sequences bucketed by length, see TextEncoder.collate):
+    # "auto" = a CPU-sized budget without CUDA, one forward per side with it; null = never.
+    forward_chunk_tokens: int | Literal["auto"] | None = Field("auto", union_mode="left_to_right")
 
 
 class DocumentSection(MethodConfig):
@@ -171,6 +175,10 @@ class DeCLUTR(Method):
         train_docs, held = held_out_split(documents, config.data.held_out_fraction)
         self.train_ids, self.skipped_train = self._tokenize(train_docs)
         self.eval_ids, self.skipped_eval = self._tokenize(held[: config.data.max_eval_documents])
+        chunk = config.model.forward_chunk_tokens
+        if chunk == "auto":
+            chunk = None if torch.cuda.is_available() else cpu_token_budget(encoder.dim)
+        self.chunk_tokens: int | None = chunk
         if not self.train_ids:
             raise DataError(
                 f"{config.data.documents}: no training document has the {self.sampler.min_document_length} "
@@ -228,12 +236,14 @@ class DeCLUTR(Method):
         return _SpanDataset(self.train_ids, self.sampler, self.seed)
 
     def collate(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        anchors = [a for ex in examples for a in ex["anchors"]]
+        positives = [p for ex in examples for p in ex["positives"]]
         batch: dict[str, Any] = {
-            "anchors": self.encoder.pad_token_ids([a for ex in examples for a in ex["anchors"]]),
-            "positives": self.encoder.pad_token_ids([p for ex in examples for p in ex["positives"]]),
+            "anchors": self.encoder.pad_token_ids(anchors, chunk_tokens=self.chunk_tokens),
+            "positives": self.encoder.pad_token_ids(positives, chunk_tokens=self.chunk_tokens),
         }
         if self.mlm_model is not None:
-            batch["mlm"] = self._mask(batch["anchors"], examples[0]["mlm_seed"])
+            batch["mlm"] = self._mask(self.encoder.pad_token_ids(anchors), examples[0]["mlm_seed"])
         return batch
 
     def _mask(self, features: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
@@ -255,7 +265,9 @@ class DeCLUTR(Method):
         return {"input_ids": ids, "attention_mask": features["attention_mask"], "labels": labels}
 
     def examples_in(self, batch: dict[str, Any]) -> int:
-        return int(batch["anchors"]["input_ids"].shape[0]) // self.cfg.objective.num_anchors
+        anchors = batch["anchors"]
+        rows = len(anchors["order"]) if "chunks" in anchors else anchors["input_ids"].shape[0]
+        return int(rows) // self.cfg.objective.num_anchors
 
     # ---- loss
     def _loss(self, anchors: torch.Tensor, positives: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -295,6 +307,8 @@ class DeCLUTR(Method):
         """Held-out documents: each anchor retrieves its (averaged) positive among all
         held-out anchors' positives; fixed spans (their own seed stream) so numbers are
         comparable across evaluations."""
+        from accelerate.utils import send_to_device
+
         if len(self.eval_ids) < 2:
             return {}
         ds = _SpanDataset(self.eval_ids, self.sampler, self.seed, stream=1)
@@ -303,8 +317,8 @@ class DeCLUTR(Method):
         for start in range(0, len(items), 16):
             batch = self.collate(items[start : start + 16])
             dev = next(self.parameters()).device
-            anchors.append(self.encoder({k: v.to(dev) for k, v in batch["anchors"].items()}))
-            positives.append(self.encoder({k: v.to(dev) for k, v in batch["positives"].items()}))
+            anchors.append(self.encoder(send_to_device(batch["anchors"], dev)))
+            positives.append(self.encoder(send_to_device(batch["positives"], dev)))
         a, p = torch.cat(anchors), torch.cat(positives)
         n, obj = a.shape[0], self.cfg.objective
         keys = p.view(n, obj.num_positives, -1).mean(dim=1)
