@@ -24,23 +24,21 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import importlib.metadata
 import json
 import os
-import platform
 import re
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from benchmarks.common import environment
 
 ST = "sentence-transformers"
 TEMPERATURE = 0.05
@@ -247,48 +245,6 @@ def bench_train(
 
 
 # --------------------------------------------------------------------------- reporting
-
-
-def _version(package: str) -> str | None:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (else platform.processor())."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def environment() -> dict[str, Any]:
-    """Versions, CPU, threads and git state: what a reader needs to compare numbers."""
-    try:
-        git = subprocess.run(
-            ["git", "describe", "--always", "--dirty"], capture_output=True, text=True, timeout=10
-        )
-        commit = git.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    packages = ("textcl", "torch", "transformers", ST, "tokenizers", "numpy")
-    return {
-        "versions": {p: _version(p) for p in packages} | {"python": platform.python_version()},
-        "cpu_model": cpu_model(),
-        "logical_cpus": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "torch_threads": torch.get_num_threads(),
-        "torch_interop_threads": torch.get_num_interop_threads(),
-        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
-        "platform": platform.platform(),
-        "git": commit,
-        "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
 
 
 def print_report(results: dict[str, dict[str, Any]], env: dict[str, Any]) -> None:
