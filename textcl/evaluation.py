@@ -2,33 +2,84 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["build_evaluators", "load_sts_pairs", "sts_spearman"]
+__all__ = ["StsPairs", "build_evaluators", "load_sts_pairs", "read_sts_file", "sts_spearman"]
 
 
-def load_sts_pairs(path: str | Path) -> tuple[list[str], list[str], np.ndarray]:
-    """``{"sentence1", "sentence2", "score"}`` JSON lines -> (s1, s2, scores)."""
-    s1, s2, scores = [], [], []
-    with open(path, encoding="utf-8") as fh:
+@dataclass
+class StsPairs:
+    """Sentence pairs with gold scores, and each pair's sub-set (``domain``) where the file has one."""
+
+    s1: list[str]
+    s2: list[str]
+    scores: np.ndarray
+    domains: list[str | None]
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+def read_sts_file(path: str | Path) -> StsPairs:
+    """Read ``{"sentence1", "sentence2", "score"[, "domain"]}`` JSON lines (``.gz`` allowed).
+
+    Blank lines are skipped. A malformed row raises ``ValueError("FILE:LINE: ...")`` naming the
+    field (missing, not a string, score not a finite number); an empty file raises too.
+    """
+    s1: list[str] = []
+    s2: list[str] = []
+    scores: list[float] = []
+    domains: list[str | None] = []
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
-            row = json.loads(line)
+            where = f"{path}:{lineno}"
             try:
-                s1.append(row["sentence1"])
-                s2.append(row["sentence2"])
-                scores.append(float(row["score"]))
-            except KeyError as exc:
-                raise ValueError(f"{path}:{lineno}: missing field {exc.args[0]!r}") from None
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{where}: invalid JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            for field in ("sentence1", "sentence2", "score"):
+                if field not in row:
+                    raise ValueError(f"{where}: missing field {field!r}")
+            for field in ("sentence1", "sentence2"):
+                if not isinstance(row[field], str):
+                    raise ValueError(
+                        f"{where}: field {field!r} must be a string, got {type(row[field]).__name__}"
+                    )
+            score = row["score"]
+            # bool is an int subclass; a string like "3.2" is accepted as the TSV sources had it.
+            try:
+                value = float(score) if not isinstance(score, bool) else math.nan
+            except (TypeError, ValueError):
+                value = math.nan
+            if not math.isfinite(value):
+                raise ValueError(f"{where}: field 'score' is not a finite number: {score!r}")
+            domain = row.get("domain")
+            s1.append(row["sentence1"])
+            s2.append(row["sentence2"])
+            scores.append(value)
+            domains.append(None if domain is None else str(domain))
     if not scores:
-        raise ValueError(f"{path}: no sentence pairs")
-    return s1, s2, np.asarray(scores, dtype=np.float64)
+        raise ValueError(f"{path}: empty file, no sentence pairs")
+    return StsPairs(s1, s2, np.asarray(scores, dtype=np.float64), domains)
+
+
+def load_sts_pairs(path: str | Path) -> tuple[list[str], list[str], np.ndarray]:
+    """``{"sentence1", "sentence2", "score"}`` JSON lines -> (s1, s2, scores); see :func:`read_sts_file`."""
+    pairs = read_sts_file(path)
+    return pairs.s1, pairs.s2, pairs.scores
 
 
 def sts_spearman(embedder: Any, s1: list[str], s2: list[str], gold: np.ndarray, batch_size: int = 64) -> float:
