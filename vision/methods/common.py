@@ -1,0 +1,208 @@
+"""What every vision method shares: recipe sections, data plumbing, kNN evaluation,
+output, heads, and InfoNCE with excluded candidates.
+
+A vision ``Method`` receives batches ``{"images": uint8 (B, H, W, 3), "index": (B,)}``
+(uint8 moves to the device 4x cheaper than float) and augments them there, in
+``forward``, with the batched ops of ``vision.augment``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor, nn
+
+from textcl.core.losses import info_nce
+from textcl.core.method import Method, MethodConfig
+from vision.backbones import BackboneConfig, build_backbone, save_backbone
+from vision.data import DataConfig, ImageDataset, ImageSplits, load_splits
+from vision.evaluate import extract_features, knn_accuracy
+
+__all__ = ["VisionConfig", "VisionMethod", "VisionObjective", "info_nce_excluding", "projection_mlp", "top1"]
+
+# Added to the logit of an excluded candidate before dividing by the temperature:
+# exp(-1e4 / t) is exactly 0 in float32 for any t < 100.
+_EXCLUDE = 1.0e4
+
+
+class VisionObjective(MethodConfig):
+    """Fields every vision objective has."""
+
+    sync_bn: bool = Field(False, description="SyncBatchNorm across processes (SimCLR's global BN)")
+
+
+class VisionConfig(MethodConfig):
+    model: BackboneConfig = BackboneConfig()
+    data: DataConfig = DataConfig()
+    objective: VisionObjective = VisionObjective()
+
+
+def projection_mlp(in_dim: int, hidden_dim: int, out_dim: int, num_layers: int = 2) -> nn.Sequential:
+    """``num_layers`` linear layers with BatchNorm + ReLU between them (SimCLR v2 / MoCo v2 / SwAV head)."""
+    layers: list[nn.Module] = []
+    dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
+    for i in range(num_layers):
+        last = i == num_layers - 1
+        layers.append(nn.Linear(dims[i], dims[i + 1], bias=last))
+        if not last:
+            layers += [nn.BatchNorm1d(dims[i + 1]), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
+
+
+def info_nce_excluding(
+    query: Tensor, keys: Tensor, exclude: Tensor, *, temperature: float, labels: Tensor | None = None,
+    extra_negatives: Tensor | None = None, reduction: str = "mean",
+) -> Tensor:
+    """Core ``info_nce`` (cosine scores) with candidate ``keys[j]`` removed from query ``i``'s
+    softmax wherever ``exclude[i, j]`` -- SimCLR's self-similarity, MoCo's other keys.
+
+    ``info_nce`` has no candidate mask, so the mask rides on extra coordinates: after
+    L2-normalisation, query ``i`` gets ``sqrt(C) * exclude[i]`` and key ``j`` gets
+    ``-sqrt(C) * e_j``. Their dot product is ``cos(q_i, k_j) - C * exclude[i, j]``, and
+    exactly ``cos`` where not excluded (the extra terms are exact zeros), so excluded
+    logits are ``-C / t`` and vanish from the softmax (and its gradient) in float32.
+    Extra negatives get zero coordinates. Cost: ``len(keys)`` extra columns.
+    """
+    # Autocast off: under bf16 autocast the logits matmul would run in bf16 although
+    # the inputs are float32 (core info_nce's .float() does not stop autocast).
+    with torch.autocast(device_type=query.device.type, enabled=False):
+        q, k = F.normalize(query.float(), dim=1), F.normalize(keys.float(), dim=1)
+        root = math.sqrt(_EXCLUDE)
+        q = torch.cat([q, exclude.float() * root], dim=1)
+        k = torch.cat([k, torch.eye(k.shape[0], device=k.device) * -root], dim=1)
+        extra = None
+        if extra_negatives is not None:
+            e = F.normalize(extra_negatives.float(), dim=1)
+            extra = torch.cat([e, e.new_zeros(e.shape[0], keys.shape[0])], dim=1)
+        return info_nce(q, k, temperature=temperature, labels=labels, extra_negatives=extra,
+                        normalize=False, reduction=reduction)
+
+
+@torch.no_grad()
+def top1(query: Tensor, candidates: Tensor, labels: Tensor, exclude: Tensor | None = None) -> Tensor:
+    """Pretext accuracy: share of queries whose most similar candidate is the positive."""
+    sim = F.normalize(query.float(), dim=1) @ F.normalize(candidates.float(), dim=1).T
+    if exclude is not None:
+        sim[:, : exclude.shape[1]] = sim[:, : exclude.shape[1]].masked_fill(exclude, float("-inf"))
+    return (sim.argmax(dim=1) == labels).float().mean()
+
+
+class VisionMethod(Method):
+    """Backbone + data + kNN evaluation + output; subclasses add heads, views and loss."""
+
+    config_class: ClassVar[type[MethodConfig]] = VisionConfig
+    #: Human-readable objective for the model card.
+    objective_name: ClassVar[str] = ""
+
+    def __init__(self, cfg: Any, splits: ImageSplits, seed: int = 42):
+        super().__init__()
+        self.cfg, self.seed = cfg, seed
+        d = cfg.data
+        self.train_images = splits.subset(d.train_subset, None, seed).x_train
+        knn = splits.subset(d.knn_bank, d.knn_queries, seed + 7)
+        self.knn_data = knn
+        self.num_train = len(self.train_images)
+        self.data_desc = (
+            f"{self.num_train} training images ({d.source}"
+            f"{': ' + str(d.path) if d.path else ''}), {len(knn.y_train)}-image kNN bank, "
+            f"{len(knn.y_test)} kNN test queries"
+        )
+        self.backbone = build_backbone(cfg.model)
+
+    @classmethod
+    def from_recipe(cls, recipe: Any) -> VisionMethod:
+        from textcl.documents import DataError
+
+        try:
+            splits = load_splits(recipe.config.data, seed=recipe.seed)
+        except (FileNotFoundError, OSError) as exc:
+            raise DataError(f"{recipe.path}: data: {exc}") from None
+        method = cls(recipe.config, splits, seed=recipe.seed)
+        if recipe.config.objective.sync_bn:
+            method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
+        return method
+
+    def _ddp_ignore(self, *prefixes: str) -> None:
+        """Keep DDP from broadcasting these buffers every step: the method keeps them
+        identical on every rank itself (gathered updates), and a memory bank is big."""
+        names = [n for n, _ in self.named_buffers() if n.startswith(prefixes)]
+        self._ddp_params_and_buffers_to_ignore = names
+
+    # ---- data
+    def train_dataset(self) -> torch.utils.data.Dataset:
+        return ImageDataset(self.train_images)
+
+    def collate(self, examples: list[dict[str, Any]]) -> dict[str, Tensor]:
+        return {
+            "images": torch.stack([e["image"] for e in examples]),
+            "index": torch.tensor([e["index"] for e in examples], dtype=torch.long),
+        }
+
+    def examples_in(self, batch: dict[str, Tensor]) -> int:
+        return int(batch["images"].shape[0])
+
+    def images(self, batch: dict[str, Tensor]) -> Tensor:
+        """The batch as float ``(B, 3, H, W)`` in [0, 1] on the device."""
+        from vision.augment import to_float
+
+        return to_float(batch["images"])
+
+    # ---- evaluation and output
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Weighted kNN top-1 (k, temperature from ``data``) of the backbone's features."""
+        d, knn = self.cfg.data, self.knn_data
+        if len(knn.y_train) == 0 or len(knn.y_test) == 0:
+            return {}
+        dev = next(self.parameters()).device
+        bank = extract_features(self.backbone, knn.x_train, d.eval_batch_size, dev)
+        queries = extract_features(self.backbone, knn.x_test, d.eval_batch_size, dev)
+        acc = knn_accuracy(queries, torch.as_tensor(knn.y_test), bank, torch.as_tensor(knn.y_train),
+                           k=d.knn_k, temperature=d.knn_temperature)
+        return {"knn_top1": acc}
+
+    def card_info(self) -> dict[str, Any]:
+        m = self.cfg.model
+        return {
+            "objective": self.objective_name or self.name,
+            "objective_citation": self.citation,
+            "backbone": f"{m.arch} (width {m.width}{', CIFAR stem' if m.cifar_stem and m.arch != 'vit_tiny' else ''})",
+            "dim": self.backbone.dim,
+            "data": self.data_desc,
+        }
+
+    def save_model(self, path: Path, card_info: dict[str, Any]) -> None:
+        """The backbone only (heads, prototypes, banks and momentum encoders are training
+        machinery): safetensors + config, and a model card."""
+        save_backbone(self.backbone, path)
+        (Path(path) / "README.md").write_text(render_vision_card(card_info), encoding="utf-8")
+
+
+def render_vision_card(info: dict[str, Any]) -> str:
+    out = ["---", "library_name: textcl", "tags:", "- image-feature-extraction", "- contrastive-learning",
+           "---", "", "# Image backbone trained with textcl", ""]
+    out += [f"- **Objective:** {info.get('objective', '')}", f"- **Backbone:** {info.get('backbone', '')}",
+            f"- **Feature dimension:** {info.get('dim', '')}", ""]
+    if info.get("data"):
+        out += ["## Training data", "", str(info["data"]), ""]
+    if info.get("recipe_yaml"):
+        out += ["## Training recipe", "", "```yaml", str(info["recipe_yaml"]).rstrip("\n"), "```", ""]
+    metrics = info.get("metrics") or {}
+    if metrics:
+        out += ["## Metrics", "", "kNN: weighted k-nearest neighbours on frozen features (InstDisc protocol).",
+                "", "| Metric | Value |", "|---|---|"]
+        out += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]
+        out.append("")
+    out += ["## Usage", "", "```python", "from vision.backbones import load_backbone",
+            "from vision.augment import normalize, to_float", "",
+            'backbone = load_backbone("path/to/this/model")',
+            "features = backbone(normalize(to_float(uint8_images)))  # (N, H, W, 3) uint8 -> (N, dim)",
+            "```", ""]
+    if info.get("objective_citation"):
+        out += ["## Citation", "", "```bibtex", str(info["objective_citation"]).strip(), "```", ""]
+    return "\n".join(out)
