@@ -128,3 +128,14 @@ def test_lars_step_exact():
     opt.step()
     assert w.detach().tolist() == pytest.approx([3.0, 4.0 - 0.1 * 0.025 * 2.0])
     assert b.item() == pytest.approx(1.0 - 0.1 * 2.0)  # excluded: plain SGD
+
+
+def test_info_nce_is_float32_under_autocast():
+    torch.manual_seed(0)
+    q = torch.randn(6, 16, requires_grad=True)
+    k = torch.randn(6, 16)
+    reference = info_nce(q, k, temperature=0.05)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        loss = info_nce(q, k, temperature=0.05)
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, reference, atol=1e-6, rtol=1e-6)

@@ -84,7 +84,9 @@ def info_nce(
                 f"extra_negatives must be (M, {query.shape[-1]}), got {tuple(extra_negatives.shape)}"
             )
         candidates = torch.cat([keys, extra_negatives.float()], dim=0)
-    logits = similarity_logits(query, candidates, temperature, normalize)
+    # Autocast would run the matmul in bf16/fp16 again despite the float32 inputs.
+    with torch.autocast(device_type=query.device.type, enabled=False):
+        logits = similarity_logits(query, candidates, temperature, normalize)
 
     if positive_mask is not None:
         if positive_mask.shape != (B, K):
