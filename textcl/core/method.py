@@ -11,8 +11,11 @@ objective by name. How the later methods fit:
   the new features into the memory bank at those indices.
 * SwAV: ``before_optimizer_step`` zeroes the prototype gradients during the first
   iterations; ``after_optimizer_step`` (or ``forward``) re-normalises prototypes.
-* SGNS: ``configure_optimizer`` returns an optimizer over sparse embedding tables
-  and the recipe's ``scheduler: linear`` gives word2vec's linear decay.
+* SGNS: ``configure_optimizer`` returns a plain SGD over the two embedding tables whose
+  lr the recipe's ``scheduler: linear`` decays as word2vec does. The autograd backend
+  (``backend: torch``) backpropagates sparse row gradients that the optimizer applies with
+  ``index_add_``; the CPU backend sets ``updates_in_forward``: a fused kernel applies
+  word2vec's per-pair SGD inside ``forward`` and the trainer skips backward/step.
 * Several augmented views: the method's ``collate`` builds them; ``forward`` sees all.
 * LARS with bias/BN exclusion: ``parameter_groups`` flags groups with
   ``lars_exclude`` / ``weight_decay`` and the trainer's LARS honours the flags.
@@ -58,6 +61,13 @@ class Method(nn.Module):
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
     #: BibTeX of the paper the method implements (goes into the model card).
     citation: ClassVar[str] = ""
+    #: True when ``forward`` itself applies the parameter update (a fused kernel, e.g.
+    #: word2vec's per-pair sparse SGD, where autograd + ``optimizer.step`` would be far
+    #: slower). The trainer then skips backward, gradient clipping and ``optimizer.step()``
+    #: but still steps the lr scheduler (read the lr from the optimizer that
+    #: ``configure_optimizer`` returned), logs, checkpoints and calls every hook.
+    #: An instance may set it (e.g. per backend).
+    updates_in_forward: bool = False
 
     # ---- construction -------------------------------------------------------------
     @classmethod
@@ -144,6 +154,12 @@ class Method(nn.Module):
 # entry-point group (name = "module:Class") or ``register_method``.
 METHODS: dict[str, str] = {
     "declutr": "textcl.objectives.declutr:DeCLUTR",
+    "sgns": "textcl.objectives.skipgram:SGNS",
+    "simclr": "vision.methods.simclr:SimCLR",
+    "npid": "vision.methods.memory_bank:NPID",
+    "pirl": "vision.methods.memory_bank:PIRL",
+    "moco": "vision.methods.moco:MoCo",
+    "swav": "vision.methods.swav:SwAV",
 }
 
 _RUNTIME: dict[str, type[Method]] = {}

@@ -19,6 +19,7 @@ import json
 import logging
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -264,6 +265,8 @@ class Trainer:
         self.method.on_train_start(self)
         model.train()
         accum = cfg.gradient_accumulation_steps
+        # A method whose forward applies its own update: no backward / clipping / step.
+        manual = bool(getattr(self.method, "updates_in_forward", False))
         progress = None
         if self.is_main:
             from tqdm.auto import tqdm
@@ -307,20 +310,26 @@ class Trainer:
                         if acc.num_processes > 1:
                             finite = acc.reduce(finite, reduction="sum") / acc.num_processes
                         if finite.item() < 1.0:
-                            self._non_finite(loss)
-                        acc.backward(loss / accum)
+                            self._non_finite(loss, applied=manual)
+                        if not manual:
+                            acc.backward(loss / accum)
                     for key, value in out.items():
                         v = float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
                         step_metrics[key] = step_metrics.get(key, 0.0) + v / accum
                     self.state.batch_in_epoch += 1
                 self.method.before_optimizer_step(self.state.step)
-                if cfg.max_grad_norm is not None and acc.sync_gradients:
+                if not manual and cfg.max_grad_norm is not None and acc.sync_gradients:
                     grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                     if grad_norm is not None:
                         step_metrics["grad_norm"] = float(grad_norm)
                 lr = scheduler.get_last_lr()[0]
-                optimizer.step()
-                scheduler.step()
+                if not manual:
+                    optimizer.step()
+                    scheduler.step()
+                else:
+                    with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()"
+                        warnings.simplefilter("ignore", UserWarning)
+                        scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 self.state.step += 1
                 self.method.after_optimizer_step(self.state.step)
@@ -371,15 +380,17 @@ class Trainer:
             self._log({"step": self.state.step, **{f"eval/{k}": v for k, v in metrics.items()}})
         return metrics
 
-    def _non_finite(self, loss: torch.Tensor) -> None:
+    def _non_finite(self, loss: torch.Tensor, applied: bool = False) -> None:
         where = (
             f"the last good checkpoint is {self.last_checkpoint}"
             if self.last_checkpoint
             else "no checkpoint was written yet (set train.save_every_n_steps)"
         )
+        # A method that updates in forward has already applied this step's update.
+        when = "after the method applied its update" if applied else "before the update"
         raise NonFiniteLossError(
             f"non-finite loss ({float(loss.detach())}) at step {self.state.step + 1}; training stopped "
-            f"before the update, {where}. Try a lower train.lr, train.max_grad_norm, or "
+            f"{when}, {where}. Try a lower train.lr, train.max_grad_norm, or "
             f"train.mixed_precision: no."
         )
 
