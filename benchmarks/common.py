@@ -24,11 +24,26 @@ DATA_ENV = "TEXTCL_DATA"
 
 
 class DataDirError(SystemExit):
-    """A missing or incomplete data directory: exits with status 2 and a one-line message."""
+    """A missing or incomplete data directory (or another user error): exit status 2.
+
+    ``SystemExit`` prints nothing for an integer code, so the message is printed where the
+    exception is raised uncaught: see :func:`exit_on_error`.
+    """
 
     def __init__(self, message: str) -> None:
-        super().__init__(f"error: {message}")
-        self.code = 2
+        super().__init__(2)
+        self.message = f"error: {message}"
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def exit_on_error(error: DataDirError) -> None:
+    """Print ``error``'s message to stderr and exit with its status (2)."""
+    import sys
+
+    print(error, file=sys.stderr)
+    raise SystemExit(error.code)
 
 
 def add_data_dir_argument(parser: argparse.ArgumentParser) -> None:

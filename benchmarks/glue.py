@@ -661,7 +661,7 @@ def print_table(report: dict[str, Any], tasks: Sequence[Task]) -> None:
     print(f"{'task':<7} {'metrics (x100)':<34} {'train':>7} {'eval':>6} {'seconds':>8}")
     for t in tasks:
         d = report["details"][t.name]
-        values = ", ".join(f"{METRIC_LABELS[m]} {_fmt(v)}" for m, v in report[t.name].items())
+        values = ", ".join(f"{METRIC_LABELS[m]} {_fmt(report[t.name].get(m))}" for m in t.metrics)
         print(f"{t.display:<7} {values:<34} {d['n_train']:>7} {d['n_eval']:>6} {report['seconds'][t.name]:>8.1f}")
     print("protocol:")
     for t in tasks:
@@ -677,7 +677,8 @@ def write_plot(report: dict[str, Any], tasks: Sequence[Task], png: Path) -> None
 
     labels, values = [], []
     for t in tasks:
-        for m, v in report[t.name].items():
+        for m in t.metrics:  # the task's order: a report read back from JSON has sorted keys
+            v = report[t.name].get(m)
             labels.append(f"{t.display}\n{METRIC_LABELS[m]}")
             values.append(math.nan if v is None else v)
     fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(labels)), 4))
@@ -686,7 +687,10 @@ def write_plot(report: dict[str, Any], tasks: Sequence[Task], png: Path) -> None
     ax.set_xticks(range(len(values)), labels, fontsize=8)
     ax.set_ylabel("score x100")
     ax.set_ylim(min(0.0, *(v for v in values if not math.isnan(v))) if values else 0.0, 100)
-    ax.set_title(f"GLUE dev, {report['mode']}: {Path(str(report['model'])).name}", fontsize=10)
+    name = "/".join(Path(str(report["model"])).parts[-2:])  # packaged models end in a bare "model"
+    split = [t.display for t in tasks if t.split_from]
+    note = f" ({', '.join(split)}: held-out 20% split)" if split else ""
+    ax.set_title(f"GLUE dev{note}, {report['mode']}: {name}", fontsize=10)
     fig.tight_layout()
     fig.savefig(png, dpi=120)
     plt.close(fig)

@@ -52,6 +52,7 @@ from benchmarks.common import (
     DataDirError,
     add_data_dir_argument,
     environment,
+    exit_on_error,
     resolve_data_dir,
     write_report,
 )
@@ -869,4 +870,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except DataDirError as err:
+        exit_on_error(err)

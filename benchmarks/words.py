@@ -33,7 +33,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import add_data_dir_argument, environment, resolve_data_dir, write_report
+from benchmarks.common import (
+    DataDirError,
+    add_data_dir_argument,
+    environment,
+    exit_on_error,
+    resolve_data_dir,
+    write_report,
+)
 
 # The evaluation functions live in textcl (the SGNS objective uses them); re-exported here.
 from textcl.word_eval import (
@@ -220,4 +227,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except DataDirError as err:
+        exit_on_error(err)
