@@ -52,3 +52,15 @@ def small_documents(tmp_path_factory) -> Path:
                 break
     out.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return out
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module: on a few shared cores, 2+ OpenMP threads can be
+    several times slower than 1."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

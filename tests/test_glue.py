@@ -7,12 +7,11 @@ import math
 import os
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root holds benchmarks/
 
@@ -22,13 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WORDS = ["good", "bad"]  # label 1 texts say "good", label 0 texts "bad": separable by one word
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    # On a few shared cores, 2+ OpenMP threads can be several times slower than 1.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def _row(task: glue.Task, i: int) -> dict:

@@ -12,12 +12,10 @@ import os
 import sys
 import types
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root holds benchmarks/
 
@@ -26,13 +24,7 @@ from benchmarks import models, senteval  # noqa: E402
 pytest.importorskip("sklearn")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    # The machine's few cores are shared: one thread is faster and keeps neighbours alive.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 class TableEncoder:
