@@ -139,3 +139,28 @@ def test_info_nce_is_float32_under_autocast():
         loss = info_nce(q, k, temperature=0.05)
     assert loss.dtype == torch.float32
     torch.testing.assert_close(loss, reference, atol=1e-6, rtol=1e-6)
+
+
+def test_info_nce_ignore_mask_equals_dropping_the_candidates():
+    """Ignoring a candidate equals computing the loss without it (hand-built reference)."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(3)
+    q, k = torch.randn(3, 5, generator=g), torch.randn(4, 5, generator=g)
+    ignore = torch.zeros(3, 4, dtype=torch.bool)
+    ignore[0, 2] = True
+    ignore[2, 0] = True
+    got = info_nce(q, k, temperature=0.1, ignore_mask=ignore, reduction="none")
+    qn, kn = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+    for i in range(3):
+        keep = [j for j in range(4) if not ignore[i, j]]
+        s = qn[i] @ kn[keep].T / 0.1
+        want = -(s[keep.index(i)] - torch.logsumexp(s, 0))
+        assert torch.allclose(got[i], want, atol=1e-6)
+    # multi-positive path: no NaN from the -inf of ignored candidates
+    mask = torch.eye(3, 4, dtype=torch.bool)
+    mask[1, 3] = True
+    multi = info_nce(q, k, positive_mask=mask, ignore_mask=ignore, temperature=0.1)
+    assert torch.isfinite(multi)
+    with pytest.raises(ValueError, match="positive"):
+        info_nce(q, k, ignore_mask=torch.eye(3, 4, dtype=torch.bool))

@@ -158,3 +158,58 @@ def test_bf16_autocast_trains(tmp_path):
     after = Trainer(m, _cfg(max_steps=40, mixed_precision="bf16"), tmp_path).fit()["toy_mse"]
     assert after < 0.5 * before
     assert all(p.dtype == torch.float32 for p in m.parameters())  # master weights stay fp32
+
+
+class _FakeClock:
+    """perf_counter that advances exactly ``tick`` seconds per call: budget tests stay
+    deterministic on a loaded machine."""
+
+    def __init__(self, tick: float):
+        self.now, self.tick = 0.0, tick
+
+    def __call__(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
+def test_time_budget_stops_training_and_schedules_lr_by_elapsed_fraction(tmp_path, monkeypatch):
+    import textcl.core.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module.time, "perf_counter", _FakeClock(0.5))
+    cfg = _cfg(max_minutes=5 / 60, epochs=100, warmup_steps=0, warmup_ratio=0.0, scheduler="linear")
+    t = Trainer(_toy(), cfg, tmp_path / "budget", seed=7)
+    t.fit()
+    log = [json.loads(x) for x in (tmp_path / "budget" / "log.jsonl").read_text().splitlines()]
+    rows = [r for r in log if "loss" in r]
+    secs = [r["train_seconds"] for r in rows]
+    # 8 steps per epoch x 100 epochs would be 800 steps; training stops at the first
+    # step whose cumulative training time reaches the 5 s budget.
+    assert secs[-1] >= 5.0 > secs[-2]
+    assert t.state.step == len(rows) < 800
+    # Linear decay over the budget: a step's lr is 0.05 * (1 - elapsed / budget), with
+    # "elapsed" read after the previous step's update, i.e. between the logged
+    # cumulative times of the two previous steps.
+    lrs = [r["lr"] for r in rows]
+    assert lrs[0] == pytest.approx(0.05)
+    before = [0.0, 0.0] + secs
+    for i in range(1, len(rows)):
+        lo, hi = 0.05 * (1 - before[i + 1] / 5.0), 0.05 * (1 - before[i] / 5.0)
+        assert lo - 1e-9 <= lrs[i] <= hi + 1e-9, (i, lrs[i], lo, hi)
+    assert lrs == sorted(lrs, reverse=True) and lrs[-1] < 0.02
+
+
+def test_time_budget_is_kept_across_resume(tmp_path, monkeypatch):
+    import textcl.core.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module.time, "perf_counter", _FakeClock(0.5))
+    cfg = _cfg(max_minutes=6 / 60, epochs=100, save_every_n_steps=2)
+    with pytest.raises(Interrupt):
+        Trainer(_toy(), cfg, tmp_path / "run", seed=7, callbacks=[KillAt(4)]).fit()
+    resumed = Trainer(_toy(), cfg, tmp_path / "run", seed=7)
+    resumed.fit(resume=True)
+    uninterrupted = Trainer(_toy(), cfg, tmp_path / "full", seed=7)
+    uninterrupted.fit()
+    # The training time spent before the kill is restored from the checkpoint.
+    assert resumed.state.step == uninterrupted.state.step
+    for p, q in zip(uninterrupted.method.parameters(), resumed.method.parameters()):
+        assert torch.equal(p, q)

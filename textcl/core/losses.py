@@ -31,6 +31,7 @@ def info_nce(
     labels: Tensor | None = None,
     positive_mask: Tensor | None = None,
     extra_negatives: Tensor | None = None,
+    ignore_mask: Tensor | None = None,
     symmetric: bool = False,
     normalize: bool = True,
     reduction: str = "mean",
@@ -54,6 +55,10 @@ def info_nce(
     * Several positives ``P(i)``: ``loss_i = -1/|P(i)| * sum_{p in P(i)} log(exp(s[i,p]) /
       sum_j exp(s[i,j]))`` -- every positive competes with all candidates, including
       the other positives (SupCon's "L_out"). Rows without a positive raise.
+    * ``ignore_mask`` (``(B, K)`` or ``(B, K + M)`` bool): candidates removed from query
+      ``i``'s softmax -- neither positive nor negative (a view's own embedding in
+      SimCLR's 2N x 2N logits; sentences of the query's own document that are likely
+      false negatives). An ignored positive raises.
     * Duplicates: a key that equals the positive but sits at another index is treated
       as a negative (as in SimCLR / sentence-transformers). Deduplicate upstream, or
       mark duplicates in ``positive_mask``, if that matters for your data.
@@ -88,6 +93,24 @@ def info_nce(
     with torch.autocast(device_type=query.device.type, enabled=False):
         logits = similarity_logits(query, candidates, temperature, normalize)
 
+    if ignore_mask is not None:
+        total = candidates.shape[0]
+        if ignore_mask.dim() != 2 or ignore_mask.shape[0] != B or ignore_mask.shape[1] not in (K, total):
+            raise ValueError(f"ignore_mask must be ({B}, {K}) or ({B}, {total}), got {tuple(ignore_mask.shape)}")
+        ignore = ignore_mask.to(device=logits.device, dtype=torch.bool)
+        if ignore.shape[1] != total:
+            ignore = torch.cat([ignore, ignore.new_zeros(B, total - K)], dim=1)
+        logits = logits.masked_fill(ignore, float("-inf"))
+        if symmetric:
+            raise ValueError("ignore_mask cannot be combined with symmetric=True")
+        if positive_mask is not None:
+            if bool((ignore[:, :K] & positive_mask.to(ignore.device, torch.bool)).any()):
+                raise ValueError("ignore_mask removes a positive (positive_mask and ignore_mask overlap)")
+        else:
+            pos = labels if labels is not None else torch.arange(B, device=logits.device)
+            if bool(ignore.gather(1, pos.view(-1, 1).to(ignore.device)).any()):
+                raise ValueError("ignore_mask removes a query's positive key")
+
     if positive_mask is not None:
         if positive_mask.shape != (B, K):
             raise ValueError(f"positive_mask must be ({B}, {K}), got {tuple(positive_mask.shape)}")
@@ -96,7 +119,8 @@ def info_nce(
         if bool((n_pos == 0).any()):
             raise ValueError("every query needs at least one positive in positive_mask")
         log_prob = logits.log_softmax(dim=1)[:, :K]
-        loss = -(log_prob * mask).sum(dim=1) / n_pos
+        # masked_fill, not a product: ignored candidates hold -inf and -inf * 0 is NaN.
+        loss = -log_prob.masked_fill(~mask, 0.0).sum(dim=1) / n_pos
     else:
         if labels is None:
             if K < B:

@@ -83,6 +83,13 @@ class TrainConfig(_Strict):
     gradient_accumulation_steps: int = Field(1, ge=1)
     epochs: int = Field(1, ge=1)
     max_steps: int | None = Field(None, ge=1, description="optimizer steps; overrides epochs")
+    max_minutes: float | None = Field(
+        None, gt=0,
+        description="wall-clock training budget (evaluation and checkpoint time excluded); "
+        "training stops at the first step past it, and with no max_steps the lr schedule "
+        "runs on the elapsed fraction of the budget",
+    )
+    threads: int | None = Field(None, ge=1, description="torch intra-op CPU threads; default: torch's")
     optimizer: Literal["adamw", "sgd", "lars"] = "adamw"
     lr: float = Field(2e-5, gt=0)
     weight_decay: float = Field(0.01, ge=0)

@@ -41,6 +41,10 @@ logger = logging.getLogger("textcl")
 Evaluator = Callable[[Method], dict[str, float]]
 
 
+#: Resolution of the time-based lr schedule (fraction of train.max_minutes).
+_TIME_TICKS = 100_000
+
+
 class NonFiniteLossError(RuntimeError):
     """Raised when the loss is NaN/inf; parameters are left at the last good step."""
 
@@ -69,13 +73,14 @@ class TrainerState:
     step: int = 0  # completed optimizer steps
     epoch: int = 0
     batch_in_epoch: int = 0  # micro-batches of this epoch already consumed
+    train_seconds: float = 0.0  # wall-clock spent in training steps (for train.max_minutes)
 
-    def state_dict(self) -> dict[str, int]:
+    def state_dict(self) -> dict[str, float]:
         return asdict(self)
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
+    def load_state_dict(self, state: dict[str, float]) -> None:
         for key, value in state.items():
-            setattr(self, key, int(value))
+            setattr(self, key, type(getattr(self, key, 0))(value))
 
 
 class _IndexBatches(torch.utils.data.Sampler[list[int]]):
@@ -237,15 +242,33 @@ class Trainer:
                 f"gradient_accumulation_steps {cfg.gradient_accumulation_steps} = {global_batch}); "
                 "add data or lower train.batch_size"
             )
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
         max_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
+        budget = cfg.max_minutes * 60 if cfg.max_minutes else None
+        # A time budget without max_steps: the schedule runs on the elapsed fraction of
+        # the budget, so warmup and decay fit whatever number of steps the budget allows
+        # (epochs stay an upper bound).
+        self._time_schedule = budget is not None and cfg.max_steps is None
         warmup = cfg.warmup_steps or int(round(cfg.warmup_ratio * max_steps))
 
         optimizer = self.method.configure_optimizer(cfg)
         if optimizer is None:
             optimizer = build_optimizer(self.method.parameter_groups(cfg.weight_decay), cfg)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lr_lambda(cfg.scheduler, max_steps, warmup, cfg.min_lr_ratio)
-        )
+        if self._time_schedule:
+            assert budget is not None
+            by_time = lr_lambda(cfg.scheduler, _TIME_TICKS, int(round(cfg.warmup_ratio * _TIME_TICKS)), cfg.min_lr_ratio)
+
+            def factor(_: int) -> float:
+                tick = min(_TIME_TICKS, int(self.state.train_seconds / budget * _TIME_TICKS))
+                warm = min(1.0, (self.state.step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+                return warm * by_time(tick)
+
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        else:
+            scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lr_lambda(cfg.scheduler, max_steps, warmup, cfg.min_lr_ratio)
+            )
         model, optimizer = acc.prepare(self.method, optimizer)
         acc.register_for_checkpointing(scheduler, self.state)
         self.optimizer, self.scheduler, self.model = optimizer, scheduler, model
@@ -271,13 +294,20 @@ class Trainer:
         if self.is_main:
             from tqdm.auto import tqdm
 
-            progress = tqdm(total=max_steps, initial=self.state.step, desc="train", unit="step", dynamic_ncols=True)
+            progress = tqdm(
+                total=None if self._time_schedule else max_steps, initial=self.state.step,
+                desc="train", unit="step", dynamic_ncols=True,
+            )
 
         window: dict[str, float] = {}
         window_steps, window_examples, window_start = 0, 0, time.perf_counter()
         loader_gen = torch.Generator().manual_seed(self.seed)
 
-        while self.state.step < max_steps:
+        def finished() -> bool:
+            over = budget is not None and self.state.train_seconds >= budget
+            return self.state.step >= max_steps or over
+
+        while not finished():
             epoch = self.state.epoch
             if hasattr(dataset, "set_epoch"):
                 dataset.set_epoch(epoch)
@@ -295,8 +325,9 @@ class Trainer:
             )
             it = iter(loader)
             for _ in range(len(batches) // accum):
-                if self.state.step >= max_steps:
+                if finished():
                     break
+                step_start = time.perf_counter()
                 step_metrics: dict[str, float] = {}
                 examples = 0
                 for micro in range(accum):
@@ -325,6 +356,12 @@ class Trainer:
                 lr = scheduler.get_last_lr()[0]
                 if not manual:
                     optimizer.step()
+                # Count this step's time before scheduler.step(): a time-based schedule
+                # sets the next step's lr from the training time elapsed so far.
+                now = time.perf_counter()
+                self.state.train_seconds += now - step_start
+                step_start = now
+                if not manual:
                     scheduler.step()
                 else:
                     with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()"
@@ -333,6 +370,12 @@ class Trainer:
                 optimizer.zero_grad(set_to_none=True)
                 self.state.step += 1
                 self.method.after_optimizer_step(self.state.step)
+                self.state.train_seconds += time.perf_counter() - step_start
+                if budget is not None and acc.num_processes > 1:
+                    # Ranks must agree on when the budget ends, or one would wait forever.
+                    secs = torch.tensor(self.state.train_seconds, device=acc.device, dtype=torch.float64)
+                    self.state.train_seconds = float(acc.reduce(secs, reduction="max"))
+                done = finished()
 
                 for key, value in step_metrics.items():
                     window[key] = window.get(key, 0.0) + value
@@ -343,9 +386,9 @@ class Trainer:
                     progress.set_postfix(loss=f"{step_metrics['loss']:.4f}", lr=f"{lr:.2e}")
 
                 step = self.state.step
-                if step % cfg.log_every_n_steps == 0 or step == max_steps:
+                if step % cfg.log_every_n_steps == 0 or done:
                     elapsed = time.perf_counter() - window_start
-                    record = {"step": step, "epoch": epoch, "lr": lr}
+                    record = {"step": step, "epoch": epoch, "lr": lr, "train_seconds": self.state.train_seconds}
                     for key, value in window.items():
                         mean = torch.tensor(value / window_steps, device=acc.device)
                         if acc.num_processes > 1:
@@ -355,9 +398,9 @@ class Trainer:
                     self._log(record)
                     window, window_steps, window_examples = {}, 0, 0
                     window_start = time.perf_counter()
-                if cfg.save_every_n_steps and (step % cfg.save_every_n_steps == 0 or step == max_steps):
+                if cfg.save_every_n_steps and (step % cfg.save_every_n_steps == 0 or done):
                     self._save_checkpoint()
-                if self.eval_every_n_steps and step % self.eval_every_n_steps == 0 and step != max_steps:
+                if self.eval_every_n_steps and step % self.eval_every_n_steps == 0 and not done:
                     metrics = self.evaluate()
                     if metrics:
                         self._log({"step": step, **{f"eval/{k}": v for k, v in metrics.items()}})
@@ -370,7 +413,7 @@ class Trainer:
                 self.state.epoch += 1
                 self.state.batch_in_epoch = 0
                 continue
-            break  # max_steps reached inside the epoch
+            break  # max_steps or the time budget reached inside the epoch
 
         if progress is not None:
             progress.close()
