@@ -25,7 +25,6 @@ from vision.augment import (
 from vision.backbones import build_backbone, load_backbone, save_backbone
 from vision.data import ImageDataset, load_cifar10_npz, load_image_folder, make_synthetic
 from vision.evaluate import knn_accuracy, knn_predict, linear_probe_accuracy
-from vision.methods.common import info_nce_excluding
 from vision.methods.memory_bank import nce_loss
 from vision.methods.simclr import nt_xent
 from vision.methods.swav import sinkhorn, swapped_prediction
@@ -153,30 +152,30 @@ def test_nt_xent_through_info_nce_equals_naive_loss_and_gradient():
         assert torch.allclose(a, b, atol=1e-6)
 
 
-def test_info_nce_excluding_equals_moco_logits_and_plain_info_nce():
+def test_info_nce_ignore_mask_equals_moco_logits_and_plain_info_nce():
     g = torch.Generator().manual_seed(1)
     q, k, queue = torch.randn(4, 3, generator=g), torch.randn(4, 3, generator=g), torch.randn(6, 3, generator=g)
     labels = torch.arange(4)
     # Nothing excluded: exactly the core info_nce.
     none = torch.zeros(4, 4, dtype=torch.bool)
-    assert info_nce_excluding(q, k, none, temperature=0.2, labels=labels, extra_negatives=queue).item() == \
+    assert info_nce(q, k, ignore_mask=none, temperature=0.2, labels=labels, extra_negatives=queue).item() == \
         pytest.approx(info_nce(q, k, temperature=0.2, extra_negatives=queue).item(), abs=1e-6)
     # Other keys excluded: MoCo builder.py logits [l_pos, l_neg] with target 0.
     qn, kn, un = (F.normalize(t, dim=1) for t in (q, k, queue))
     logits = torch.cat([(qn * kn).sum(1, keepdim=True), qn @ un.T], dim=1) / 0.2
     moco = F.cross_entropy(logits, torch.zeros(4, dtype=torch.long))
     others = ~torch.eye(4, dtype=torch.bool)
-    ours = info_nce_excluding(q, k, others, temperature=0.2, labels=labels, extra_negatives=queue)
+    ours = info_nce(q, k, ignore_mask=others, temperature=0.2, labels=labels, extra_negatives=queue)
     assert ours.item() == pytest.approx(moco.item(), abs=1e-6)
 
 
-def test_info_nce_excluding_stays_float32_under_autocast():
+def test_info_nce_ignore_mask_stays_float32_under_autocast():
     g = torch.Generator().manual_seed(4)
     q, k = torch.randn(6, 8, generator=g), torch.randn(6, 8, generator=g)
     others = ~torch.eye(6, dtype=torch.bool)
-    ref = info_nce_excluding(q, k, others, temperature=0.1, extra_negatives=k.flip(0))
+    ref = info_nce(q, k, ignore_mask=others, temperature=0.1, extra_negatives=k.flip(0))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        amp = info_nce_excluding(q, k, others, temperature=0.1, extra_negatives=k.flip(0))
+        amp = info_nce(q, k, ignore_mask=others, temperature=0.1, extra_negatives=k.flip(0))
     assert amp.dtype == torch.float32 and amp.item() == pytest.approx(ref.item(), abs=1e-6)
 
 

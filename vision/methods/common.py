@@ -8,7 +8,6 @@ A vision ``Method`` receives batches ``{"images": uint8 (B, H, W, 3), "index": (
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -17,18 +16,12 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from textcl.core.losses import info_nce
 from textcl.core.method import Method, MethodConfig
 from vision.backbones import BackboneConfig, build_backbone, save_backbone
 from vision.data import DataConfig, ImageDataset, ImageSplits, load_splits
 from vision.evaluate import extract_features, knn_accuracy
 
-__all__ = ["VisionConfig", "VisionMethod", "VisionObjective", "info_nce_excluding", "projection_mlp", "top1"]
-
-# Added to the logit of an excluded candidate before dividing by the temperature:
-# exp(-1e4 / t) is exactly 0 in float32 for any t < 100.
-_EXCLUDE = 1.0e4
-
+__all__ = ["VisionConfig", "VisionMethod", "VisionObjective", "projection_mlp", "top1"]
 
 class VisionObjective(MethodConfig):
     """Fields every vision objective has."""
@@ -52,35 +45,6 @@ def projection_mlp(in_dim: int, hidden_dim: int, out_dim: int, num_layers: int =
         if not last:
             layers += [nn.BatchNorm1d(dims[i + 1]), nn.ReLU(inplace=True)]
     return nn.Sequential(*layers)
-
-
-def info_nce_excluding(
-    query: Tensor, keys: Tensor, exclude: Tensor, *, temperature: float, labels: Tensor | None = None,
-    extra_negatives: Tensor | None = None, reduction: str = "mean",
-) -> Tensor:
-    """Core ``info_nce`` (cosine scores) with candidate ``keys[j]`` removed from query ``i``'s
-    softmax wherever ``exclude[i, j]`` -- SimCLR's self-similarity, MoCo's other keys.
-
-    ``info_nce`` has no candidate mask, so the mask rides on extra coordinates: after
-    L2-normalisation, query ``i`` gets ``sqrt(C) * exclude[i]`` and key ``j`` gets
-    ``-sqrt(C) * e_j``. Their dot product is ``cos(q_i, k_j) - C * exclude[i, j]``, and
-    exactly ``cos`` where not excluded (the extra terms are exact zeros), so excluded
-    logits are ``-C / t`` and vanish from the softmax (and its gradient) in float32.
-    Extra negatives get zero coordinates. Cost: ``len(keys)`` extra columns.
-    """
-    # Autocast off: under bf16 autocast the logits matmul would run in bf16 although
-    # the inputs are float32 (core info_nce's .float() does not stop autocast).
-    with torch.autocast(device_type=query.device.type, enabled=False):
-        q, k = F.normalize(query.float(), dim=1), F.normalize(keys.float(), dim=1)
-        root = math.sqrt(_EXCLUDE)
-        q = torch.cat([q, exclude.float() * root], dim=1)
-        k = torch.cat([k, torch.eye(k.shape[0], device=k.device) * -root], dim=1)
-        extra = None
-        if extra_negatives is not None:
-            e = F.normalize(extra_negatives.float(), dim=1)
-            extra = torch.cat([e, e.new_zeros(e.shape[0], keys.shape[0])], dim=1)
-        return info_nce(q, k, temperature=temperature, labels=labels, extra_negatives=extra,
-                        normalize=False, reduction=reduction)
 
 
 @torch.no_grad()

@@ -28,13 +28,13 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from textcl.core.distributed import is_distributed
+from textcl.core.losses import info_nce
 from textcl.core.memory_bank import MemoryBank
 from vision.augment import AugmentConfig, Jigsaw, ViewAugment
 from vision.methods.common import (
     VisionConfig,
     VisionMethod,
     VisionObjective,
-    info_nce_excluding,
     top1,
 )
 
@@ -124,7 +124,7 @@ class _BankMethod(VisionMethod):
             # Exactly one positive and the sampled negatives per query: the other rows'
             # bank entries are excluded, not extra negatives.
             off_diag = ~torch.eye(b, dtype=torch.bool, device=v.device)
-            loss = info_nce_excluding(v, positives, off_diag, temperature=obj.temperature,
+            loss = info_nce(v, positives, ignore_mask=off_diag, temperature=obj.temperature,
                                       labels=labels, extra_negatives=negatives)
         else:
             with torch.autocast(device_type=v.device.type, enabled=False):  # fp32 scores under AMP

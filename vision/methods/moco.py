@@ -29,6 +29,7 @@ from pydantic import Field
 from torch import Tensor
 
 from textcl.core.distributed import gather_no_grad, rank
+from textcl.core.losses import info_nce
 from textcl.core.momentum import momentum_copy, update_momentum
 from textcl.core.queue import FeatureQueue
 from vision.augment import AugmentConfig, ViewAugment
@@ -36,7 +37,6 @@ from vision.methods.common import (
     VisionConfig,
     VisionMethod,
     VisionObjective,
-    info_nce_excluding,
     projection_mlp,
     top1,
 )
@@ -132,7 +132,7 @@ class MoCo(VisionMethod):
         queue = self.queue.features()
         others = ~torch.eye(q.shape[0], dtype=torch.bool, device=q.device)  # only k_i is a candidate
         labels = torch.arange(q.shape[0], device=q.device)
-        loss = info_nce_excluding(q, k, others, temperature=obj.temperature, labels=labels,
+        loss = info_nce(q, k, ignore_mask=others, temperature=obj.temperature, labels=labels,
                                   extra_negatives=queue)
         if self.training:
             self._pending.append(k)

@@ -16,12 +16,12 @@ from pydantic import Field
 from torch import Tensor
 
 from textcl.core.distributed import batch_offset, gather_with_grad
+from textcl.core.losses import info_nce
 from vision.augment import AugmentConfig, ViewAugment
 from vision.methods.common import (
     VisionConfig,
     VisionMethod,
     VisionObjective,
-    info_nce_excluding,
     projection_mlp,
     top1,
 )
@@ -61,7 +61,7 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> tuple[Tensor, Tensor]
     self_idx, positive = torch.cat([i, i + n]), torch.cat([i + n, i])
     exclude = torch.zeros(2 * b, 2 * n, dtype=torch.bool, device=z1.device)
     exclude[torch.arange(2 * b, device=z1.device), self_idx] = True
-    loss = info_nce_excluding(queries, keys, exclude, temperature=temperature, labels=positive)
+    loss = info_nce(queries, keys, ignore_mask=exclude, temperature=temperature, labels=positive)
     return loss, top1(queries, keys, positive, exclude)
 
 
