@@ -30,9 +30,12 @@ def load_documents(
     text_field: str = "text",
     id_field: str | None = "id",
     max_documents: int | None = None,
+    keep_empty: bool = False,
 ) -> list[Document]:
     """Read documents from a ``.jsonl[.gz]`` / ``.json`` / ``.txt[.gz]`` file or
-    ``hf://NAME[:SPLIT]``. Empty documents are dropped; an empty corpus raises."""
+    ``hf://NAME[:SPLIT]``. Empty documents are dropped and an empty corpus raises,
+    unless ``keep_empty`` (then they come back with text ``""``, for callers that
+    count them)."""
     import datasets
 
     datasets.disable_progress_bars()
@@ -53,6 +56,8 @@ def load_documents(
         ds = ds.select(range(min(max_documents, len(ds))))
     texts = ds[text_field]
     ids = ds[id_field] if id_field and id_field in ds.column_names else list(range(len(ds)))
+    if keep_empty:
+        return [Document(str(i), t if isinstance(t, str) else "") for i, t in zip(ids, texts)]
     docs = [Document(str(i), t) for i, t in zip(ids, texts) if isinstance(t, str) and t.strip()]
     if not docs:
         raise DataError(f"{source}: the corpus has no non-empty documents")
