@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import math
 import os
 import platform
 import subprocess
@@ -113,6 +114,17 @@ def environment(packages: tuple[str, ...] = ()) -> dict[str, Any]:
         "git": commit,
         "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def finite_json(obj: Any) -> Any:
+    """NaN/inf -> None, recursively, so reports are strict JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    return obj
 
 
 def write_report(path: str | Path, report: dict[str, Any]) -> Path:

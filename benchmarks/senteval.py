@@ -53,6 +53,7 @@ from benchmarks.common import (
     add_data_dir_argument,
     environment,
     exit_on_error,
+    finite_json,
     resolve_data_dir,
     write_report,
 )
@@ -641,17 +642,6 @@ def st_reference_sts(
 # --------------------------------------------------------------------------- report
 
 
-def _finite(obj: Any) -> Any:
-    """NaN/inf -> None, recursively (strict JSON)."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
 def _fmt(value: Any, spec: str = ".2f") -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
@@ -853,7 +843,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     seconds["wall"] = time.perf_counter() - wall
     print(f"tasks: {seconds['total']:.1f} s, wall (with model loading and checks): {seconds['wall']:.1f} s")
     if args.out is not None:
-        write_report(args.out, _finite(report))
+        write_report(args.out, finite_json(report))
         print(f"wrote {args.out}")
         if args.plot:
             pngs = []
@@ -866,7 +856,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 print(f"wrote {png}")
     if not ok:
         raise SystemExit(1)
-    return _finite(report)
+    return finite_json(report)
 
 
 if __name__ == "__main__":

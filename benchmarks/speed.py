@@ -1,8 +1,8 @@
 """Speed of textcl against sentence-transformers (ST): same model, same texts, one run.
 
-    python -m benchmarks.speed encode|train|all-text [--model PATH] [--texts FILE]
+    python -m benchmarks.speed encode|train|gradcache|all-text [--model PATH] [--texts FILE]
         [--data-dir DIR] [--n N] [--steps S] [--batch-size B] [--rounds R]
-        [--threads T] [--out F.json] [--plot]
+        [--mini-batch-size M] [--gradcache-steps G] [--threads T] [--out F.json] [--plot]
 
 * ``encode``: ``textcl.Embedder.encode`` vs ``SentenceTransformer.encode`` on N texts
   (default 2000, batch 64): sentences/s of each, the ratio, and the largest difference
@@ -12,7 +12,15 @@
   each side in length-bucketed chunks as text objectives run on CPU; ST:
   ``MultipleNegativesRankingLoss(scale=20)`` with ``model.preprocess``. Same weights, same
   batches, same AdamW; a dropout-free warm-up step checks that the losses agree.
-* ``all-text``: both, into one JSON.
+* ``gradcache``: G steps (default 2) of batch 1024 in mini-batches of M = 32 rows:
+  textcl's ``GradCache`` (``textcl.core.gradcache``, as ``train.mini_batch_size`` runs it,
+  each side in length-bucketed chunks) vs ST's ``CachedMultipleNegativesRankingLoss``
+  (``mini_batch_size=M``). Examples/s and peak memory: every round of each library runs in
+  a fresh process, which first takes one small warm-up step (optimizer state, kernels); its
+  resident-memory high-water mark (Linux ``VmHWM``, reset just before the timed steps) minus
+  its resident memory before them is the steps' peak memory. Round 0 (dropout off, one step
+  from the fresh weights) checks that the two losses agree.
+* ``all-text``: all three, into one JSON.
 
 Texts: ``--texts`` (one per line, ``.gz`` allowed), else the first lines of
 ``$TEXTCL_DATA/corpora/gutenberg_sentences.txt.gz``, else sentences cut from the packaged
@@ -45,7 +53,7 @@ TEMPERATURE = 0.05
 LEARNING_RATE = 2e-5
 SEED = 0
 CORPUS = "corpora/gutenberg_sentences.txt.gz"
-DEFAULTS = {"encode": {"batch_size": 64}, "train": {"batch_size": 32}}
+DEFAULTS = {"encode": {"batch_size": 64}, "train": {"batch_size": 32}, "gradcache": {"batch_size": 1024}}
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'“‘(A-Z])")
 
 Step = Callable[[list[str], list[str]], float]
@@ -244,6 +252,157 @@ def bench_train(
     return result
 
 
+class _CachedPairs(torch.nn.Module):
+    """The GradCache protocol for (anchor, positive) pairs with in-batch negatives."""
+
+    def __init__(self, encoder: torch.nn.Module):
+        super().__init__()
+        self.encoder = encoder
+
+    def embedding_inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return batch
+
+    def embed(self, side: str, features: Any) -> torch.Tensor:
+        return self.encoder(features)
+
+    def loss_from_embeddings(self, emb: dict[str, torch.Tensor], batch: Any) -> dict[str, torch.Tensor]:
+        from textcl.core.losses import info_nce
+
+        return {"loss": info_nce(emb["anchor"], emb["positive"], temperature=TEMPERATURE)}
+
+
+def textcl_cached_step(model: str, mini_batch_size: int) -> Step:
+    """textcl's GradCache over a fresh ``TextEncoder``, sides tokenized in chunks as on CPU."""
+    from textcl.core.gradcache import GradCache
+    from textcl.encoders import TextEncoder, cpu_token_budget
+
+    enc = TextEncoder.from_pretrained(model)
+    chunk = cpu_token_budget(enc.dim)
+    cache = GradCache(_CachedPairs(enc), mini_batch_size)
+    opt = torch.optim.AdamW(enc.parameters(), lr=LEARNING_RATE)
+
+    def step(anchors: list[str], positives: list[str]) -> float:
+        enc.train(step.dropout)
+        opt.zero_grad(set_to_none=True)
+        batch = {"anchor": enc.tokenize(anchors, chunk_tokens=chunk),
+                 "positive": enc.tokenize(positives, chunk_tokens=chunk)}
+        out = cache.step(batch)  # forward + backward
+        opt.step()
+        return float(out["loss"].detach())
+
+    step.dropout = True
+    return step
+
+
+def st_cached_step(model: str, mini_batch_size: int) -> Step:
+    """A fresh SentenceTransformer with CachedMultipleNegativesRankingLoss(scale=1/T)."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss
+
+    st = SentenceTransformer(model, device="cpu")
+    loss_fn = CachedMultipleNegativesRankingLoss(st, scale=1.0 / TEMPERATURE, mini_batch_size=mini_batch_size)
+    return _step_fn(st, lambda a, b: loss_fn([st.preprocess(a), st.preprocess(b)], None))
+
+
+def _status_kib(key: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
+    except (OSError, StopIteration):
+        return None
+
+
+def _cached_round(
+    library: str, model: str, batches: list[tuple[list[str], list[str]]], mini_batch_size: int,
+    dropout: bool, threads: int,
+) -> dict[str, Any]:
+    """One round of one library, in a fresh process: seconds, losses, peak memory (MiB)."""
+    import resource
+
+    torch.set_num_threads(threads)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    make = textcl_cached_step if library == "textcl" else st_cached_step
+    step = make(model, mini_batch_size)
+    step.dropout = dropout
+    if dropout:  # timed round: a small warm-up step allocates the optimizer state and kernels first
+        step(batches[0][0][:mini_batch_size], batches[0][1][:mini_batch_size])
+    torch.manual_seed(SEED)
+    before = _status_kib("VmRSS")
+    try:  # reset the high-water mark (VmHWM) to the current RSS: the peak of the steps alone
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        reset = True
+    except OSError:
+        reset = False
+    start = time.perf_counter()
+    losses = [step(a, b) for a, b in batches]
+    seconds = time.perf_counter() - start
+    peak = _status_kib("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    step_mb = (peak - before) / 1024 if reset and peak is not None and before is not None else None
+    return {"seconds": seconds, "losses": losses, "peak_mb": (peak or 0) / 1024, "step_peak_mb": step_mb}
+
+
+def _in_fresh_process(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    import multiprocessing as mp
+
+    with mp.get_context("spawn").Pool(1) as pool:
+        return pool.apply(fn, args)
+
+
+def bench_gradcache(
+    model: str, texts: list[str], batch_size: int = 1024, mini_batch_size: int = 32,
+    steps: int = 2, rounds: int = 3,
+) -> dict[str, Any]:
+    """Examples/s and peak memory of GradCache steps: textcl vs ST's cached MNRL.
+
+    Each library and round runs in a fresh process (see the module docstring); rounds
+    alternate between the libraries, medians are reported. Round 0: one step with dropout
+    off, whose losses must agree.
+    """
+    need = 2 * batch_size * steps
+    if len(texts) < need:
+        raise ValueError(f"{steps} steps of batch {batch_size} need {need} texts, got {len(texts)}")
+    anchors, positives = texts[0:need:2], texts[1:need:2]
+    batches = [
+        (anchors[i : i + batch_size], positives[i : i + batch_size])
+        for i in range(0, need // 2, batch_size)
+    ]
+    libs = ["textcl", ST]
+    threads = torch.get_num_threads()
+    seconds: dict[str, list[float]] = {name: [] for name in libs}
+    peaks: dict[str, list[float]] = {name: [] for name in libs}
+    first: dict[str, float] = {}
+    last: dict[str, float] = {}
+    for r in range(rounds + 1):
+        for name in libs:
+            res = _in_fresh_process(
+                _cached_round, name, model, batches if r else batches[:1], mini_batch_size, r > 0, threads
+            )
+            if r:
+                seconds[name].append(res["seconds"])
+                peaks[name].append(res["step_peak_mb"] if res["step_peak_mb"] is not None else res["peak_mb"])
+                last[name] = res["losses"][-1]
+            else:
+                first[name] = res["losses"][0]
+    result = _summary("examples/s", steps * batch_size, seconds)
+    for name in libs:
+        result["libraries"][name]["peak_mb"] = peaks[name]
+        result["libraries"][name]["median_peak_mb"] = statistics.median(peaks[name])
+    result["memory_ratio"] = result["libraries"]["textcl"]["median_peak_mb"] / max(
+        result["libraries"][ST]["median_peak_mb"], 1e-9
+    )
+    result.update(
+        batch_size=batch_size, mini_batch_size=mini_batch_size, steps=steps, rounds=rounds,
+        lr=LEARNING_RATE, temperature=TEMPERATURE,
+        memory="peak resident memory of the steps above the process's resident memory before them (MiB)",
+    )
+    result.update(first_step_loss=first, last_step_loss=last)
+    result["first_step_loss_diff"] = abs(first["textcl"] - first[ST])
+    return result
+
+
 # --------------------------------------------------------------------------- reporting
 
 
@@ -254,7 +413,7 @@ def print_report(results: dict[str, dict[str, Any]], env: dict[str, Any]) -> Non
     print(f"1-min load average (start -> end): {load}")
     print("versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()))
     print(f"{'benchmark':<10} {'library':<22} {'throughput':>22} {'median s':>9}  rounds (s)")
-    targets = {"encode": 1.3, "train": 1.1}
+    targets = {"encode": 1.3, "train": 1.1, "gradcache": 1.0}
     for bench, res in results.items():
         unit = res["unit"]
         for lib, r in res["libraries"].items():
@@ -269,6 +428,12 @@ def print_report(results: dict[str, dict[str, Any]], env: dict[str, Any]) -> Non
         if bench == "encode":
             print(f"{'':<10} max |textcl - ST| over the outputs: {res['max_abs_diff']:.2e}")
         else:
+            if bench == "gradcache":
+                mem = ", ".join(f"{lib} {r['median_peak_mb']:.0f} MiB" for lib, r in res["libraries"].items())
+                print(
+                    f"{'':<10} batch {res['batch_size']} in mini-batches of {res['mini_batch_size']}; "
+                    f"step peak memory: {mem} (textcl / ST = {res['memory_ratio']:.2f})"
+                )
             first = res["first_step_loss"]
             print(
                 f"{'':<10} first-step loss (dropout off): textcl {first['textcl']:.6f}, ST {first[ST]:.6f} "
@@ -305,7 +470,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.speed", description=__doc__.split("\n")[0]
     )
-    p.add_argument("mode", choices=["encode", "train", "all-text"])
+    p.add_argument("mode", choices=["encode", "train", "gradcache", "all-text"])
     p.add_argument(
         "--model", default=None, help="model dir or hub name (default: packaged all-MiniLM-L6-v2)"
     )
@@ -315,7 +480,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     p.add_argument("--n", type=int, default=2000, help="texts to encode (default 2000)")
     p.add_argument("--steps", type=int, default=20, help="training steps (default 20)")
-    p.add_argument("--batch-size", type=int, default=None, help="default: 64 encode, 32 train")
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="default: 64 encode, 32 train, 1024 gradcache"
+    )
+    p.add_argument("--mini-batch-size", type=int, default=32, help="GradCache mini-batch (default 32)")
+    p.add_argument("--gradcache-steps", type=int, default=2, help="GradCache steps per round (default 2)")
     p.add_argument(
         "--rounds", type=int, default=3, help="timed rounds, median reported (default 3)"
     )
@@ -333,9 +502,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     hf_logging.disable_progress_bar()
     model = args.model or default_model()
-    benches = ["encode", "train"] if args.mode == "all-text" else [args.mode]
+    benches = ["encode", "train", "gradcache"] if args.mode == "all-text" else [args.mode]
     batch = {b: args.batch_size or DEFAULTS[b]["batch_size"] for b in benches}
-    need = max(args.n if "encode" in benches else 0, 2 * batch.get("train", 0) * args.steps)
+    need = max(
+        args.n if "encode" in benches else 0,
+        2 * batch.get("train", 0) * args.steps,
+        2 * batch.get("gradcache", 0) * args.gradcache_steps,
+    )
     texts, source = load_texts(need, args.texts, args.data_dir)
     env = environment()
     print(f"model: {model}\ntexts: {source}")
@@ -344,6 +517,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results["encode"] = bench_encode(model, texts[: args.n], batch["encode"], args.rounds)
     if "train" in benches:
         results["train"] = bench_train(model, texts, batch["train"], args.steps, args.rounds)
+    if "gradcache" in benches:
+        results["gradcache"] = bench_gradcache(
+            model, texts, batch["gradcache"], args.mini_batch_size, args.gradcache_steps, args.rounds
+        )
     env["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     print_report(results, env)
     report = {

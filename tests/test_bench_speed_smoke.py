@@ -64,3 +64,13 @@ def test_cli_writes_json_and_plot(tmp_path: Path, texts: list[str]) -> None:
     assert report["environment"]["torch_threads"] == 1
     assert report["results"]["encode"]["max_abs_diff"] < 1e-4
     assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_gradcache_round_losses_agree(texts: list[str]) -> None:
+    # In-process (the benchmark runs each round in a fresh process): one dropout-free step
+    # of textcl's GradCache and ST's cached MNRL, mini-batches of 4, from the same weights.
+    batches = [(texts[0:16:2], texts[1:16:2])]
+    ours = speed._cached_round("textcl", speed.default_model(), batches, 4, False, 1)
+    theirs = speed._cached_round(speed.ST, speed.default_model(), batches, 4, False, 1)
+    assert abs(ours["losses"][0] - theirs["losses"][0]) < 1e-4
+    assert ours["seconds"] > 0 and ours["peak_mb"] > 0

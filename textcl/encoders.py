@@ -588,6 +588,11 @@ class TextEncoder(nn.Module):
 
     # ---- forward
 
+    def compile(self, *args: Any, **kwargs: Any) -> None:
+        """``torch.compile`` the transformer in place (``train.compile``). The chunk loop and
+        pooling stay eager: compiled, every new number of chunks would recompile."""
+        self.transformer.compile(*args, **kwargs)
+
     def forward(self, features: dict[str, torch.Tensor], project: bool = False) -> torch.Tensor:
         """Pooled ``(B, d)`` embeddings, not normalized; through the projection head if ``project``.
 

@@ -118,6 +118,12 @@ class Method(nn.Module):
         """Return a custom optimizer, or ``None`` for the trainer's default."""
         return None
 
+    def compile_modules(self) -> list[nn.Module]:
+        """Submodules that ``train.compile: true`` compiles in place (``module.compile()``, so
+        state-dict keys and checkpoints do not change): by default the ``encoder`` and
+        ``backbone`` attributes that exist. Momentum copies and heads stay eager."""
+        return [m for m in (getattr(self, "encoder", None), getattr(self, "backbone", None)) if isinstance(m, nn.Module)]
+
     # ---- hooks (all optional) -------------------------------------------------------
     def on_train_start(self, trainer: Any) -> None:
         """Called once, after the model is on its device and before the first step."""
@@ -154,7 +160,11 @@ class Method(nn.Module):
 # entry-point group (name = "module:Class") or ``register_method``.
 METHODS: dict[str, str] = {
     "declutr": "textcl.objectives.declutr:DeCLUTR",
+    "cert": "textcl.objectives.cert:CERT",
     "sgns": "textcl.objectives.skipgram:SGNS",
+    "nsp": "textcl.objectives.next_sentence:NextSentence",
+    "neighbour": "textcl.objectives.neighbour_sentence:NeighbourSentence",
+    "permutation": "textcl.objectives.permutation:SentencePermutation",
     "simclr": "vision.methods.simclr:SimCLR",
     "npid": "vision.methods.memory_bank:NPID",
     "pirl": "vision.methods.memory_bank:PIRL",

@@ -81,6 +81,15 @@ class TrainConfig(_Strict):
 
     batch_size: int = Field(32, ge=1, description="examples per process per micro-step")
     gradient_accumulation_steps: int = Field(1, ge=1)
+    mini_batch_size: int | None = Field(
+        None, ge=1,
+        description="GradCache: encode each side of a batch in passes of at most this many rows "
+        "(no-gradient pass, loss on the whole batch, then a replayed pass with gradient), so an "
+        "in-batch contrastive loss sees batch_size x processes examples while activation memory "
+        "stays that of one mini-batch; same loss and gradients as without it (dropout replayed), "
+        "for about one extra forward pass. Methods implementing embedding_inputs + "
+        "loss_from_embeddings only (textcl.core.gradcache); CPU and GPU alike",
+    )
     epochs: int = Field(1, ge=1)
     max_steps: int | None = Field(None, ge=1, description="optimizer steps; overrides epochs")
     max_minutes: float | None = Field(
@@ -101,11 +110,40 @@ class TrainConfig(_Strict):
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="final lr / peak lr")
     max_grad_norm: float | None = Field(1.0, gt=0)
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field(
+        "no",
+        description="autocast dtype for forward passes (weights and optimizer stay float32; "
+        "info_nce computes its logits in float32). GPU: bf16 on Ampere+ is the fast safe choice; "
+        "fp16 adds a dynamic loss scale. CPU: bf16 autocast runs where the CPU has bf16 "
+        "instructions (AVX512-BF16/AMX) and is often slower elsewhere; fp16 is for GPUs",
+    )
+    tf32: bool = Field(
+        False,
+        description="let CUDA float32 matmuls/convolutions use TF32 tensor cores (Ampere+ GPUs; "
+        "~10 mantissa bits in the products, float32 range and accumulation) for the run; "
+        "no effect on CPU",
+    )
+    compile: bool = Field(
+        False,
+        description="torch.compile the method's encoder(s) in place (Method.compile_modules; for "
+        "text the transformer, not the chunk loop). The first steps are slow while it compiles "
+        "(and again for new input shapes); GPU: usually faster steps; CPU: needs a C++ compiler "
+        "for inductor, and the gain is small",
+    )
     log_every_n_steps: int = Field(10, ge=1)
     save_every_n_steps: int | None = Field(None, ge=1)
     keep_last_checkpoints: int = Field(2, ge=1)
-    num_workers: int = Field(0, ge=0)
+    num_workers: int = Field(
+        0, ge=0,
+        description="DataLoader worker processes building batches (tokenising, collating) "
+        "while the model runs; 0 = in the training process. Helps CPU-heavy collate on both CPU "
+        "and GPU, but on a few CPU cores workers compete with torch's threads",
+    )
+    pin_memory: bool | None = Field(
+        None,
+        description="page-locked host memory for batches, so copies to the GPU are asynchronous "
+        "(non_blocking). Default: on when num_workers > 0 and training on CUDA. Ignored on CPU",
+    )
     cpu: bool = False
     ddp_find_unused_parameters: bool = False
 
@@ -287,6 +325,15 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         method_config = cls.config_class.model_validate(sections)
     except ValidationError as exc:
         raise RecipeError(_format_errors(exc, cls.config_class, source)) from None
+    if top.train.mini_batch_size is not None:
+        from textcl.core.gradcache import supports_gradcache
+
+        if not supports_gradcache(cls):
+            raise RecipeError(
+                f"{source}: train.mini_batch_size: method {top.method!r} does not implement the "
+                "GradCache protocol (embedding_inputs + loss_from_embeddings, see textcl.core.gradcache); "
+                "remove train.mini_batch_size"
+            )
 
     resolved = {
         "method": top.method,

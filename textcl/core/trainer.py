@@ -11,6 +11,11 @@ permutation seeded by (seed, epoch); rank r takes the r-th contiguous slice. So 
 gathered batch of N processes equals the batch of one process with N times the
 batch size (the multi-process equivalence the tests check), and resuming mid-epoch
 just slices the index list instead of loading and discarding batches.
+
+With ``train.mini_batch_size`` every micro-step of an in-batch method is a GradCache step
+(``textcl.core.gradcache``): the method's forward is not called through the DDP wrapper;
+GradCache runs backward itself and averages gradients over processes on the last
+micro-step of each optimizer step.
 """
 
 from __future__ import annotations
@@ -29,10 +34,11 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from textcl.core.gradcache import GradCache, supports_gradcache
 from textcl.core.io import replace_dir
 from textcl.core.method import Method
 from textcl.core.optim import build_optimizer, lr_lambda
-from textcl.core.recipe import TrainConfig
+from textcl.core.recipe import RecipeError, TrainConfig
 
 __all__ = ["NonFiniteLossError", "Trainer", "TrainerState", "TrainingDataError"]
 
@@ -225,6 +231,32 @@ class Trainer:
     # ------------------------------------------------------------------ training
     def fit(self, resume: bool = False) -> dict[str, float]:
         """Train to ``max_steps`` (or ``epochs``); returns the final evaluation metrics."""
+        # TF32 is a process-wide switch: set for this run only, restored afterwards.
+        with _tf32(self.config.tf32):
+            return self._fit(resume)
+
+    def _gradcache(self) -> GradCache | None:
+        """The GradCache runner for ``train.mini_batch_size`` (None without it)."""
+        cfg, acc = self.config, self.accelerator
+        if cfg.mini_batch_size is None:
+            return None
+        name = type(self.method).__name__
+        if not supports_gradcache(self.method):
+            raise RecipeError(
+                f"train.mini_batch_size: method {self.method.name or name!r} does not implement the GradCache "
+                "protocol (embedding_inputs + loss_from_embeddings, see textcl.core.gradcache); remove "
+                "train.mini_batch_size"
+            )
+        if getattr(self.method, "updates_in_forward", False):
+            raise RecipeError(f"train.mini_batch_size: {name} applies its update in forward; remove train.mini_batch_size")
+        if acc.distributed_type.name in ("DEEPSPEED", "FSDP", "MEGATRON_LM", "XLA"):
+            raise RecipeError(
+                f"train.mini_batch_size: GradCache runs single-process or under DDP, not under "
+                f"{acc.distributed_type.name}; remove train.mini_batch_size or launch with plain DDP"
+            )
+        return GradCache(self.method, cfg.mini_batch_size, autocast=acc.autocast, backward=acc.backward)
+
+    def _fit(self, resume: bool) -> dict[str, float]:
         from accelerate.utils import send_to_device, set_seed
 
         cfg, acc = self.config, self.accelerator
@@ -252,6 +284,10 @@ class Trainer:
         self._time_schedule = budget is not None and cfg.max_steps is None
         warmup = cfg.warmup_steps or int(round(cfg.warmup_ratio * max_steps))
 
+        cache = self._gradcache()
+        if cfg.compile:
+            for module in self.method.compile_modules():
+                module.compile()
         optimizer = self.method.configure_optimizer(cfg)
         if optimizer is None:
             optimizer = build_optimizer(self.method.parameter_groups(cfg.weight_decay), cfg)
@@ -299,6 +335,13 @@ class Trainer:
                 desc="train", unit="step", dynamic_ncols=True,
             )
 
+        def check_finite(loss: torch.Tensor) -> None:
+            finite = torch.tensor(float(torch.isfinite(loss.detach()).all()), device=acc.device)
+            if acc.num_processes > 1:
+                finite = acc.reduce(finite, reduction="sum") / acc.num_processes
+            if finite.item() < 1.0:
+                self._non_finite(loss, applied=manual)
+
         window: dict[str, float] = {}
         window_steps, window_examples, window_start = 0, 0, time.perf_counter()
         loader_gen = torch.Generator().manual_seed(self.seed)
@@ -313,6 +356,8 @@ class Trainer:
                 dataset.set_epoch(epoch)
             self.method.on_epoch_start(epoch)
             batches = self._epoch_batches(n, epoch)[self.state.batch_in_epoch :]
+            pin = cfg.pin_memory if cfg.pin_memory is not None else cfg.num_workers > 0
+            pin = pin and acc.device.type == "cuda"  # pinned host memory only helps copies to a GPU
             # A dedicated generator: creating a DataLoader iterator must not consume
             # the global torch RNG, or a resumed run's dropout masks would diverge.
             loader = DataLoader(
@@ -321,7 +366,7 @@ class Trainer:
                 collate_fn=self.method.collate,
                 num_workers=cfg.num_workers,
                 generator=loader_gen,
-                pin_memory=cfg.num_workers > 0 and acc.device.type == "cuda",
+                pin_memory=pin,
             )
             it = iter(loader)
             for _ in range(len(batches) // accum):
@@ -331,19 +376,20 @@ class Trainer:
                 step_metrics: dict[str, float] = {}
                 examples = 0
                 for micro in range(accum):
-                    batch = send_to_device(next(it), acc.device)
+                    batch = send_to_device(next(it), acc.device, non_blocking=pin)
                     examples += self.method.examples_in(batch)
                     sync = micro == accum - 1
                     with nullcontext() if sync else acc.no_sync(model):
-                        out = model(batch)
-                        loss = out["loss"]
-                        finite = torch.tensor(float(torch.isfinite(loss.detach()).all()), device=acc.device)
-                        if acc.num_processes > 1:
-                            finite = acc.reduce(finite, reduction="sum") / acc.num_processes
-                        if finite.item() < 1.0:
-                            self._non_finite(loss, applied=manual)
-                        if not manual:
-                            acc.backward(loss / accum)
+                        if cache is not None:
+                            # GradCache does its own backward (and, on the last micro-step,
+                            # the cross-process gradient average); see core/gradcache.py.
+                            out = cache.step(batch, accumulation_steps=accum, sync_gradients=sync,
+                                             check_loss=check_finite)
+                        else:
+                            out = model(batch)
+                            check_finite(out["loss"])
+                            if not manual:
+                                acc.backward(out["loss"] / accum)
                     for key, value in out.items():
                         v = float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
                         step_metrics[key] = step_metrics.get(key, 0.0) + v / accum
@@ -437,3 +483,22 @@ class Trainer:
             f"train.mixed_precision: no."
         )
 
+
+class _tf32:
+    """Context: ``train.tf32`` lets CUDA float32 matmuls and convolutions use TF32 tensor
+    cores (Ampere and later); restores the previous flags. No effect on CPU."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+
+    def __enter__(self) -> None:
+        if self.enabled:
+            # The legacy flags, not torch.backends.*.fp32_precision: mixing the two APIs
+            # makes torch.get_float32_matmul_precision() raise in torch >= 2.9.
+            self.saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = self.saved

@@ -21,11 +21,17 @@ import torch
 from pydantic import Field, model_validator
 
 from textcl.core.distributed import batch_offset, gather_with_grad
+from textcl.core.gradcache import merge_auxiliary
 from textcl.core.losses import info_nce
 from textcl.core.method import Method, MethodConfig
 from textcl.core.recipe import InputFile
 from textcl.documents import DataError, Document, held_out_split, load_documents
-from textcl.encoders import cpu_token_budget
+from textcl.objectives._encoder import (
+    EncoderSection,
+    build_encoder,
+    encoder_card_facts,
+    resolve_chunk_tokens,
+)
 
 __all__ = ["DeCLUTR", "DeCLUTRConfig", "SpanSampler"]
 
@@ -39,18 +45,6 @@ CITATION = """@inproceedings{giorgi-etal-2021-declutr,
 
 
 # --------------------------------------------------------------------- recipe sections
-class EncoderSection(MethodConfig):
-    name_or_path: str = "sentence-transformers/all-MiniLM-L6-v2"
-    pooling: Literal["mean", "cls", "max"] | None = None
-    max_seq_length: int | None = Field(None, ge=8)
-    normalize: bool | None = None
-    projection_dim: int | None = Field(None, ge=1)
-    projection_hidden_dim: int | None = Field(None, ge=1)
-    # Padded tokens per forward chunk (sequences bucketed by length, see TextEncoder.collate):
-    # "auto" = a CPU-sized budget without CUDA, one forward per side with it; null = never.
-    forward_chunk_tokens: int | Literal["auto"] | None = Field("auto", union_mode="left_to_right")
-
-
 class DocumentSection(MethodConfig):
     documents: InputFile
     text_field: str = "text"
@@ -175,10 +169,7 @@ class DeCLUTR(Method):
         train_docs, held = held_out_split(documents, config.data.held_out_fraction)
         self.train_ids, self.skipped_train = self._tokenize(train_docs)
         self.eval_ids, self.skipped_eval = self._tokenize(held[: config.data.max_eval_documents])
-        chunk = config.model.forward_chunk_tokens
-        if chunk == "auto":
-            chunk = None if torch.cuda.is_available() else cpu_token_budget(encoder.dim)
-        self.chunk_tokens: int | None = chunk
+        self.chunk_tokens = resolve_chunk_tokens(encoder, config.model.forward_chunk_tokens)
         if not self.train_ids:
             raise DataError(
                 f"{config.data.documents}: no training document has the {self.sampler.min_document_length} "
@@ -208,7 +199,6 @@ class DeCLUTR(Method):
 
     @classmethod
     def from_recipe(cls, recipe: Any) -> DeCLUTR:
-        from textcl.encoders import TextEncoder
 
         cfg: DeCLUTRConfig = recipe.config
         m = cfg.model
@@ -216,15 +206,7 @@ class DeCLUTR(Method):
         transformer = None
         if cfg.objective.mlm_weight > 0:
             mlm_model, transformer = _load_mlm(m.name_or_path)
-        encoder = TextEncoder.from_pretrained(
-            m.name_or_path,
-            pooling=m.pooling,
-            max_seq_length=m.max_seq_length,
-            normalize=m.normalize,
-            projection_dim=m.projection_dim,
-            projection_hidden_dim=m.projection_hidden_dim,
-            transformer=transformer,
-        )
+        encoder = build_encoder(m, transformer=transformer)
         docs = load_documents(
             cfg.data.documents, text_field=cfg.data.text_field, id_field=cfg.data.id_field,
             max_documents=cfg.data.max_documents,
@@ -289,17 +271,28 @@ class DeCLUTR(Method):
             pred_ok = _top1(anchors, keys, labels, owner)
         return loss, pred_ok
 
+    # GradCache protocol (textcl.core.gradcache, train.mini_batch_size): forward ==
+    # loss_from_embeddings(encoder(embedding_inputs)) + auxiliary_loss.
+    def embedding_inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Encoder inputs per side, in the order forward encodes them."""
+        return {"anchors": batch["anchors"], "positives": batch["positives"]}
+
+    def loss_from_embeddings(self, embeddings: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The contrastive loss from projected anchor and positive embeddings."""
+        loss, acc = self._loss(embeddings["anchors"], embeddings["positives"])
+        return {"contrastive_loss": loss.detach(), "top1": acc, "loss": loss}
+
+    def auxiliary_loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The weighted MLM term on the anchors (none without ``mlm_weight``); under
+        GradCache it runs on the whole batch, outside the mini-batches."""
+        if self.mlm_model is None:
+            return {}
+        mlm = self.mlm_model(**batch["mlm"]).loss
+        return {"mlm_loss": mlm.detach(), "loss": self.cfg.objective.mlm_weight * mlm}
+
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        a = self.encoder(batch["anchors"], project=True)
-        p = self.encoder(batch["positives"], project=True)
-        loss, acc = self._loss(a, p)
-        out = {"contrastive_loss": loss.detach(), "top1": acc}
-        if self.mlm_model is not None:
-            mlm = self.mlm_model(**batch["mlm"]).loss
-            loss = loss + self.cfg.objective.mlm_weight * mlm
-            out["mlm_loss"] = mlm.detach()
-        out["loss"] = loss
-        return out
+        embeddings = {side: self.encoder(f, project=True) for side, f in self.embedding_inputs(batch).items()}
+        return merge_auxiliary(self.loss_from_embeddings(embeddings, batch), self.auxiliary_loss(batch))
 
     # ---- evaluation and output
     @torch.no_grad()
@@ -333,10 +326,7 @@ class DeCLUTR(Method):
         return {
             "objective": "DeCLUTR (contrastive span prediction from documents, InfoNCE)",
             "objective_citation": CITATION,
-            "base_model": self.cfg.model.name_or_path,
-            "pooling": e.pooling,
-            "dim": e.dim,
-            "max_seq_length": e.max_seq_length,
+            **encoder_card_facts(e, self.cfg.model.name_or_path),
             "data": (
                 f"{len(self.train_ids)} training documents from `{data.documents}` "
                 f"({len(self.eval_ids)} held out for the pretext metric; {skipped} skipped as too short)"

@@ -1,0 +1,289 @@
+"""Shared parts of the sentence-level objectives (next-sentence, neighbour, permutation).
+
+* :class:`EncoderSection` -- the ``model:`` recipe section and :func:`build_encoder`.
+* :class:`SentenceCorpus` -- tokenised sentence documents with a global id per sentence
+  (``gid``) and a hash of each sentence's token ids (``text_key``, to spot the same
+  sentence text at another position: "Yes." occurs in many chapters).
+* :func:`load_sentence_corpora` -- recipe ``data:`` section -> train / held-out corpora
+  (document-level split), split statistics.
+* :class:`PositionDataset` -- map-style dataset over ``(document, sentence)`` positions
+  whose randomness derives from ``(seed, stream, epoch, index)`` only.
+* Held-out helpers: :func:`heldout_positions`, :func:`embed_token_ids`, :func:`top1_accuracy`.
+
+Private to ``textcl.objectives``: the public sentence API is :mod:`textcl.sentences`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from textcl.core.method import Method
+from textcl.documents import DataError, held_out_split
+from textcl.objectives._encoder import (
+    EncoderSection,
+    build_encoder,
+    encoder_card_facts,
+    resolve_chunk_tokens,
+)
+from textcl.sentences import (
+    SentenceDataSection,
+    SentenceDocument,
+    SplitStats,
+    load_sentence_documents,
+    splitter_version,
+    tokenize_sentences,
+)
+
+__all__ = [
+    "EVAL_STREAM",
+    "TRAIN_STREAM",
+    "PositionDataset",
+    "SentenceCorpora",
+    "SentenceCorpus",
+    "SentenceObjective",
+    "EncoderSection",
+    "build_encoder",
+    "duplicate_text_mask",
+    "embed_token_ids",
+    "example_rng",
+    "heldout_positions",
+    "load_sentence_corpora",
+    "resolve_chunk_tokens",
+    "top1_accuracy",
+]
+
+#: Streams of :func:`example_rng`: training examples vs the fixed held-out examples.
+TRAIN_STREAM, EVAL_STREAM = 0, 1
+
+
+def example_rng(seed: int, stream: int, epoch: int, index: int) -> np.random.Generator:
+    """The generator of one example: a function of (seed, stream, epoch, index) only, so a
+    resumed run and any number of dataloader workers draw the same examples."""
+    return np.random.default_rng([seed, stream, epoch, index])
+
+
+# --------------------------------------------------------------------- corpus
+class SentenceCorpus:
+    """Tokenised sentence documents.
+
+    ``ids[d][s]`` are the token ids (no special tokens) of sentence ``s`` of document
+    ``d``; ``gid(d, s)`` is a corpus-wide sentence id; ``text_key[gid]`` a hash of the
+    sentence's token ids (equal for equal sentences).
+    """
+
+    def __init__(self, docs: list[SentenceDocument], ids: list[list[list[int]]]):
+        if len(docs) != len(ids):
+            raise ValueError(f"{len(docs)} documents but {len(ids)} tokenised documents")
+        self.docs = docs
+        self.ids = ids
+        self.lengths = np.array([len(d) for d in ids], dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
+        # hash() of a tuple of ints is not salted per process (only str/bytes hashes are).
+        self.text_key = np.array(
+            [hash(tuple(s)) & 0x7FFFFFFFFFFFFFFF for d in ids for s in d], dtype=np.int64
+        )
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def num_sentences(self) -> int:
+        return int(self.offsets[-1])
+
+    def gid(self, d: int, s: int) -> int:
+        return int(self.offsets[d] + s)
+
+    def sentence(self, d: int, s: int) -> list[int]:
+        return self.ids[d][s]
+
+    def positions(self, valid: Callable[[int, int], bool] | None = None) -> np.ndarray:
+        """``(N, 2)`` int64 array of the ``(document, sentence)`` positions where ``valid(n_d, s)``
+        holds (every position when ``valid`` is None), in corpus order."""
+        rows = [
+            (d, s)
+            for d, n in enumerate(self.lengths.tolist())
+            for s in range(n)
+            if valid is None or valid(n, s)
+        ]
+        return np.array(rows, dtype=np.int64).reshape(-1, 2)
+
+    def random_other_sentence(self, rng: np.random.Generator, d: int) -> tuple[int, int]:
+        """A uniformly random document other than ``d``, then a uniform sentence in it."""
+        if len(self.ids) < 2:
+            raise DataError("random sentences from other documents need at least 2 documents")
+        other = int(rng.integers(0, len(self.ids) - 1))
+        other += other >= d  # skip d without a rejection loop
+        return other, int(rng.integers(0, self.lengths[other]))
+
+
+@dataclass
+class SentenceCorpora:
+    train: SentenceCorpus
+    eval: SentenceCorpus
+    stats: SplitStats
+    held_out_documents: int  # held-out documents before the max_eval_documents cap
+
+
+def load_sentence_corpora(data: SentenceDataSection, tokenizer: Any) -> SentenceCorpora:
+    """Read, split, tokenise and split by document (``held_out_split`` on the ids)."""
+    docs, stats = load_sentence_documents(
+        data.documents, text_field=data.text_field, id_field=data.id_field,
+        max_documents=data.max_documents, min_sentences=data.min_sentences, cache_dir=data.cache_dir,
+    )
+    train_docs, held = held_out_split(docs, data.held_out_fraction)  # type: ignore[arg-type]
+    if not train_docs:
+        raise DataError(
+            f"{data.documents}: all {len(docs)} usable documents fell into the held-out split; "
+            "add documents or lower data.held_out_fraction"
+        )
+    held_docs = held[: data.max_eval_documents]
+    train = SentenceCorpus(train_docs, tokenize_sentences(tokenizer, train_docs, data.max_tokens))
+    evals = SentenceCorpus(held_docs, tokenize_sentences(tokenizer, held_docs, data.max_tokens))
+    return SentenceCorpora(train, evals, stats, len(held))
+
+
+# --------------------------------------------------------------------- datasets
+class PositionDataset(torch.utils.data.Dataset):
+    """Map-style dataset over ``positions`` (``(N, 2)`` rows of document, sentence).
+
+    Subclasses implement :meth:`example`; its ``rng`` comes from
+    ``(seed, stream, epoch, index)``, so items are reproducible and worker-independent.
+    """
+
+    def __init__(self, corpus: SentenceCorpus, positions: np.ndarray, seed: int, stream: int = TRAIN_STREAM):
+        self.corpus, self.positions, self.seed, self.stream = corpus, positions, seed, stream
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        d, s = (int(x) for x in self.positions[index])
+        return self.example(d, s, example_rng(self.seed, self.stream, self.epoch, index))
+
+    def example(self, d: int, s: int, rng: np.random.Generator) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------- held-out evaluation
+def heldout_positions(corpus: SentenceCorpus, valid: Callable[[int, int], bool], per_document: int,
+                      seed: int) -> np.ndarray:
+    """Up to ``per_document`` valid positions per held-out document, drawn once from ``seed``
+    (fixed across evaluations so the numbers are comparable), in corpus order."""
+    rng = example_rng(seed, EVAL_STREAM, 0, 0)
+    rows = []
+    for d, n in enumerate(corpus.lengths.tolist()):
+        ok = [s for s in range(n) if valid(n, s)]
+        if len(ok) > per_document:
+            ok = sorted(rng.choice(ok, size=per_document, replace=False).tolist())
+        rows.extend((d, s) for s in ok)
+    return np.array(rows, dtype=np.int64).reshape(-1, 2)
+
+
+@torch.no_grad()
+def embed_token_ids(encoder: Any, ids: Sequence[list[int]], *, batch_size: int = 64,
+                    chunk_tokens: int | None = None, project: bool = True) -> torch.Tensor:
+    """Embeddings ``(len(ids), d)`` of token-id lists (no special tokens), no gradient."""
+    from accelerate.utils import send_to_device
+
+    device = encoder.device
+    out = []
+    for start in range(0, len(ids), batch_size):
+        features = encoder.pad_token_ids(list(ids[start : start + batch_size]), chunk_tokens=chunk_tokens)
+        out.append(encoder(send_to_device(features, device), project=project))
+    if not out:
+        return torch.empty(0, encoder.dim, device=device)
+    return torch.cat(out)
+
+
+def top1_accuracy(query: torch.Tensor, keys: torch.Tensor, positive_mask: torch.Tensor,
+                  ignore_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Fraction of queries whose most similar (cosine) non-ignored key is a positive."""
+    q = torch.nn.functional.normalize(query.float(), dim=-1)
+    k = torch.nn.functional.normalize(keys.float(), dim=-1)
+    scores = q @ k.T
+    if ignore_mask is not None:
+        scores = scores.masked_fill(ignore_mask.to(scores.device, torch.bool), float("-inf"))
+    best = scores.argmax(dim=1)
+    hit = positive_mask.to(scores.device, torch.bool).gather(1, best.view(-1, 1)).squeeze(1)
+    return hit.float().mean().detach()
+
+
+def duplicate_text_mask(query_keys: torch.Tensor, candidate_keys: torch.Tensor,
+                        positive_mask: torch.Tensor) -> torch.Tensor:
+    """``(B, K)`` bool: candidates that are not positives but whose text equals the query's
+    or one of its positives' (likely false negatives: "Yes." in another chapter)."""
+    pos = positive_mask.to(torch.bool)
+    same_as_query = candidate_keys[None, :] == query_keys[:, None]
+    # (B, K) @ (K, K): does any positive of row i have candidate j's text?
+    equal_text = (candidate_keys[:, None] == candidate_keys[None, :]).float()
+    same_as_positive = (pos.float() @ equal_text) > 0
+    return (same_as_query | same_as_positive) & ~pos
+
+
+# --------------------------------------------------------------------- base method
+class SentenceObjective(Method):
+    """Base of the sentence-level objectives: an encoder, train / held-out sentence corpora
+    and the seed; ``from_recipe``, ``card_info`` and ``save_model`` shared.
+
+    Subclasses set ``name``, ``config_class`` (with ``model``: :class:`EncoderSection`,
+    ``data``: :class:`~textcl.sentences.SentenceDataSection`, ``objective``), ``citation`` and
+    ``title`` (one line for the model card).
+    """
+
+    title: ClassVar[str] = ""
+
+    def __init__(self, encoder: Any, config: Any, corpora: SentenceCorpora, seed: int = 42):
+        super().__init__()
+        self.encoder = encoder
+        self.cfg = config
+        self.seed = seed
+        self.train_corpus, self.eval_corpus = corpora.train, corpora.eval
+        self.stats = corpora.stats
+        self.held_out_documents = corpora.held_out_documents
+        self.chunk_tokens = resolve_chunk_tokens(encoder, config.model.forward_chunk_tokens)
+
+    @classmethod
+    def from_recipe(cls, recipe: Any) -> SentenceObjective:
+        cfg = recipe.config
+        encoder = build_encoder(cfg.model)
+        corpora = load_sentence_corpora(cfg.data, encoder.tokenizer)
+        return cls(encoder, cfg, corpora, seed=recipe.seed)
+
+    def check_sequence_length(self, content_tokens: int, specials: int, what: str) -> None:
+        """Raise a ``DataError`` naming the keys to change when inputs would be cut."""
+        if content_tokens + specials > self.encoder.max_seq_length:
+            raise DataError(
+                f"{what}: {content_tokens} tokens + {specials} special tokens exceed the encoder's "
+                f"max_seq_length ({self.encoder.max_seq_length}); lower data.max_tokens or raise "
+                "model.max_seq_length"
+            )
+
+    def card_info(self) -> dict[str, Any]:
+        e = self.encoder
+        return {
+            "objective": self.title or self.name,
+            "objective_citation": self.citation,
+            **encoder_card_facts(e, self.cfg.model.name_or_path),
+            "data": (
+                f"{len(self.train_corpus)} training documents ({self.train_corpus.num_sentences} sentences, "
+                f"split with {splitter_version()}) from `{self.cfg.data.documents}`; "
+                f"{len(self.eval_corpus)} of {self.held_out_documents} held-out documents used for the "
+                f"pretext metric; {self.stats.empty} empty and {self.stats.too_few_sentences} documents "
+                f"with fewer than {self.cfg.data.min_sentences} sentences skipped"
+            ),
+        }
+
+    def save_model(self, path: Path, card_info: dict[str, Any]) -> None:
+        from textcl.card import render_model_card
+
+        self.encoder.save(path, model_card=render_model_card(card_info))

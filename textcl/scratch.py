@@ -1,0 +1,725 @@
+"""The from-scratch text track: a WordPiece tokenizer, a small random BERT, SGNS-initialised embeddings.
+
+No raw (MLM-only) pretrained encoder can be had offline, so the headline text comparisons start
+from a model built here from raw text::
+
+    python -m textcl.scratch [recipes/text/scratch/pipeline.yaml] [--set key=value ...] [--train RECIPE]
+
+runs, each stage skipped when its output already exists (so a killed pipeline resumes):
+
+1. ``tokenizer``: WordPiece vocabulary trained with ``tokenizers`` on the corpus, saved as a
+   ``BertTokenizerFast`` directory (:func:`train_wordpiece_tokenizer`);
+2. ``sgns``: word vectors from the existing SGNS method (``textcl.train.run`` on
+   ``recipes/text/sgns.yaml`` + overrides), or an existing word2vec file;
+3. ``base-random``: a random-init ``BertModel`` saved as a sentence-transformers directory
+   (mean pooling) with the tokenizer (:func:`build_bert`);
+4. ``base-sgns``: the same weights with the input-embedding rows of whole-word tokens replaced
+   by their SGNS vectors (:func:`init_embeddings_from_word_vectors`; coverage in
+   ``embedding_init.json``);
+5. optionally, one objective recipe trained on ``base-sgns`` (``TEXTCL_SCRATCH_BASE`` is set
+   to it, which the recipes under ``recipes/text/scratch/`` read).
+
+Every stage writes into a temporary directory and renames it into place, so an output that
+exists is complete. ``pipeline.json`` in the output directory records the configuration,
+each stage's seconds and the embedding coverage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+__all__ = [
+    "PipelineConfig",
+    "build_bert",
+    "init_embeddings_from_word_vectors",
+    "load_pipeline_config",
+    "main",
+    "run_pipeline",
+    "train_wordpiece_tokenizer",
+]
+
+logger = logging.getLogger("textcl.scratch")
+
+DEFAULT_CONFIG = "recipes/text/scratch/pipeline.yaml"
+#: Environment variable the scratch recipes read for their start model.
+BASE_ENV = "TEXTCL_SCRATCH_BASE"
+DEFAULT_CORPUS = "${TEXTCL_DATA}/corpora/gutenberg_sentences.txt.gz"
+STAGES = ("tokenizer", "sgns", "base-random", "base-sgns", "train")
+#: Stages built from each stage's output (re-run when it is forced).
+_DOWNSTREAM = {
+    "tokenizer": ("base-random", "base-sgns", "train"),
+    "sgns": ("base-sgns", "train"),
+    "base-random": ("base-sgns", "train"),
+    "base-sgns": ("train",),
+    "train": (),
+}
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+# --------------------------------------------------------------------------- tokenizer
+
+
+def _iter_texts(files: Sequence[str | Path], text_field: str = "text") -> Iterator[str]:
+    """Lines of ``.txt[.gz]`` files (one text each) and texts of ``.jsonl[.gz]`` documents."""
+    for file in files:
+        path = Path(file)
+        if not path.is_file():
+            raise FileNotFoundError(f"tokenizer corpus {path} not found -- fix the path")
+        suffixes = [s for s in path.suffixes if s != ".gz"]
+        if suffixes and suffixes[-1] in (".jsonl", ".json"):
+            from textcl.documents import load_documents
+
+            for doc in load_documents(str(path), text_field=text_field, id_field=None):
+                yield from (line for line in doc.text.splitlines() if line.strip())
+            continue
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.strip():
+                    yield line.rstrip("\n")
+
+
+def train_wordpiece_tokenizer(
+    files: Sequence[str | Path] | str | Path,
+    vocab_size: int = 16000,
+    out_dir: str | Path = "runs/scratch/tokenizer",
+    lowercase: bool = True,
+    min_frequency: int = 2,
+    *,
+    max_lines: int | None = None,
+    text_field: str = "text",
+    model_max_length: int = 512,
+    show_progress: bool = True,
+) -> Any:
+    """Train a BERT WordPiece vocabulary on ``files`` and save it as a ``BertTokenizerFast`` dir.
+
+    ``files``: ``.txt[.gz]`` (one text per line) or ``.jsonl[.gz]`` (``text_field``), read in
+    order, at most ``max_lines`` texts. BERT's normalisation (``lowercase`` also strips accents,
+    as uncased BERT) and pre-tokenisation, specials ``[PAD] [UNK] [CLS] [SEP] [MASK]`` (ids 0-4).
+    ``out_dir`` gets ``tokenizer.json``, ``tokenizer_config.json`` and ``vocab.txt`` (for tools
+    that read only that). Returns the tokenizer reloaded from ``out_dir``.
+
+    The saved directory is reloaded and its vocabulary size asserted: transformers 5.x builds a
+    5-token vocabulary from ``BertTokenizerFast(vocab_file=...)`` without a word of warning.
+    A corpus too small for ``vocab_size`` gives fewer tokens (logged as a warning).
+    """
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
+    from transformers import AutoTokenizer, BertTokenizerFast
+
+    if isinstance(files, (str, Path)):
+        files = [files]
+    if vocab_size < len(SPECIAL_TOKENS) + 1:
+        raise ValueError(f"vocab_size must be > {len(SPECIAL_TOKENS)}, got {vocab_size}")
+    # BERT's pipeline, spelled out: normaliser (clean control chars, split CJK, lowercase and
+    # strip accents when uncased), whitespace + punctuation pre-tokeniser, WordPiece, "##" decoder.
+    backend = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    backend.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lowercase
+    )
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.decoder = decoders.WordPiece(prefix="##")
+    texts: Iterable[str] = _iter_texts(files, text_field)
+    if max_lines is not None:
+        from itertools import islice
+
+        texts = islice(texts, max_lines)
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=list(SPECIAL_TOKENS),
+        show_progress=show_progress, continuing_subword_prefix="##",
+    )
+    backend.train_from_iterator(texts, trainer=trainer, length=max_lines)
+    cls_id, sep_id = backend.token_to_id("[CLS]"), backend.token_to_id("[SEP]")
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+    trained = backend.get_vocab_size()
+    if trained < vocab_size:
+        logger.warning(
+            "the corpus gave %d WordPiece tokens, fewer than the %d asked for (too little text "
+            "or min_frequency %d too high)", trained, vocab_size, min_frequency,
+        )
+    # From the trained tokenizers object, so normaliser, pre-tokeniser and decoder are exactly
+    # the trained ones (never from vocab_file=: see the docstring).
+    tok = BertTokenizerFast(
+        tokenizer_object=backend,
+        unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
+        mask_token="[MASK]", do_lower_case=lowercase, model_max_length=model_max_length,
+    )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok.save_pretrained(str(out))
+    # vocab.txt too, for tools that read only that (ids in order, one token a line).
+    vocab = sorted(backend.get_vocab().items(), key=lambda kv: kv[1])
+    (out / "vocab.txt").write_text("".join(f"{t}\n" for t, _ in vocab), encoding="utf-8")
+    loaded = AutoTokenizer.from_pretrained(str(out))
+    if len(loaded) != trained:
+        raise RuntimeError(
+            f"{out}: the saved tokenizer loads with {len(loaded)} tokens, the trained one has "
+            f"{trained}; refusing to continue with a broken vocabulary"
+        )
+    return loaded
+
+
+# --------------------------------------------------------------------------- model
+
+
+def build_bert(
+    tokenizer_dir: str | Path,
+    out_dir: str | Path,
+    layers: int = 4,
+    hidden: int = 256,
+    heads: int = 4,
+    intermediate: int = 1024,
+    max_position: int = 128,
+    seed: int = 0,
+    *,
+    dropout: float = 0.1,
+) -> Path:
+    """A random-init ``BertModel`` (BERT's own init, ``torch.manual_seed(seed)``) with the
+    tokenizer of ``tokenizer_dir``, saved to ``out_dir`` as a sentence-transformers directory
+    (mean pooling, Normalize, ``max_seq_length = max_position``).
+
+    It loads with ``textcl.encoders.TextEncoder.from_pretrained(out_dir)``, ``textcl.Embedder``,
+    ``benchmarks.models.load_model`` and ``SentenceTransformer``. Written to a temporary
+    directory and renamed, so ``out_dir`` is complete whenever it exists. Returns ``out_dir``.
+    """
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from textcl.core.io import replace_dir
+    from textcl.encoders import TextEncoder
+
+    if hidden % heads:
+        raise ValueError(f"hidden ({hidden}) must be a multiple of heads ({heads})")
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=intermediate,
+        max_position_embeddings=max_position,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    # fork_rng: building a model must not move the caller's random stream.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = BertModel(config)
+    encoder = TextEncoder(model, tokenizer, pooling="mean", max_seq_length=max_position, normalize=True)
+    out = Path(out_dir)
+    tmp = out.with_name(f".tmp-{out.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    encoder.save(tmp, model_card=_base_card(config, seed, Path(tokenizer_dir), None))
+    _write_json(tmp / "scratch.json", {"seed": seed, "tokenizer": str(tokenizer_dir), "config": config.to_diff_dict()})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    replace_dir(tmp, out)
+    return out
+
+
+def _base_card(config: Any, seed: int, tokenizer_dir: Path, init: dict[str, Any] | None) -> str:
+    lines = [
+        "# Small BERT from scratch (textcl)",
+        "",
+        f"Random-init `BertModel` ({config.num_hidden_layers} layers, hidden {config.hidden_size}, "
+        f"{config.num_attention_heads} heads, intermediate {config.intermediate_size}, "
+        f"{config.max_position_embeddings} positions, vocabulary {config.vocab_size}), seed {seed}, "
+        f"WordPiece tokenizer from `{tokenizer_dir}`. Mean pooling. Built by `python -m textcl.scratch`.",
+    ]
+    if init:
+        lines += [
+            "",
+            f"Input embeddings: {init['covered']} of {init['vocab_size']} tokens "
+            f"({100 * init['coverage']:.1f}%) initialised from SGNS vectors `{init.get('vectors', '')}` "
+            f"(first {init['dims_copied']} dims, scale {init['scale']:.4g}).",
+        ]
+    lines += ["", "Not trained: a starting point for the objectives in `recipes/text/scratch/`.", ""]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- embeddings
+
+
+def init_embeddings_from_word_vectors(
+    model: Any,
+    tokenizer: Any,
+    vectors: Any,
+    scale: Literal["match", "none"] | float = "match",
+    *,
+    rest: Literal["keep", "zero"] = "keep",
+    lowercase_fallback: bool = True,
+) -> dict[str, Any]:
+    """Copy word vectors into the input-embedding rows of tokens that are whole words.
+
+    ``model``: a transformers model (``get_input_embeddings()``) or a ``TextEncoder``;
+    ``vectors``: a :class:`textcl.word_vectors.WordVectors` or a path ``WordVectors.load`` reads
+    (an SGNS output dir, a word2vec file). A token is a whole word when it is not special, not a
+    WordPiece continuation (``##x``) and is in the vector vocabulary (else its lowercase form,
+    with ``lowercase_fallback``; the most frequent case variant wins).
+
+    Vectors of ``d`` dims go into the first ``d`` dims of a row (``d`` must be <= the hidden
+    size); the other dims keep their init (``rest="keep"``) or become 0 (``"zero"``).
+    ``scale="match"`` multiplies the copied block so its standard deviation equals that of the
+    embedding values it replaces (word2vec values are ~10x BERT's 0.02-std init), ``"none"``
+    copies as is, a float multiplies by that number. Rows of other tokens are untouched.
+
+    Unlike ``textcl.objectives.skipgram.init_embeddings_from_word_vectors`` (same dims only,
+    norm matching), this one handles ``d < hidden``: the calibration run put 100-d SGNS vectors
+    into a 256-d BERT.
+
+    Returns ``vocab_size``, ``covered``, ``coverage`` (covered / vocab), ``special``,
+    ``subword``, ``missing``, ``hidden``, ``vector_dim``, ``dims_copied``, ``scale``, ``rest``.
+    """
+    import numpy as np
+    import torch
+
+    from textcl.word_vectors import WordVectors
+
+    source = None
+    if not isinstance(vectors, WordVectors):
+        source = str(vectors)
+        vectors = WordVectors.load(vectors)
+    transformer = getattr(model, "transformer", model)  # a TextEncoder wraps the HF model
+    weight = transformer.get_input_embeddings().weight
+    hidden, d = int(weight.shape[1]), vectors.dim
+    if d > hidden:
+        raise ValueError(
+            f"the word vectors are {d}-d but the model's input embeddings {hidden}-d; train SGNS "
+            f"with model.dim <= {hidden} (e.g. --set model.dim={hidden})"
+        )
+    if rest not in ("keep", "zero"):
+        raise ValueError(f"rest must be 'keep' or 'zero', got {rest!r}")
+    lowered: dict[str, int] = {}
+    if lowercase_fallback:
+        for i, w in enumerate(vectors.words):  # most frequent first: setdefault keeps it
+            lowered.setdefault(w.lower(), i)
+    special = set(getattr(tokenizer, "all_special_tokens", ()))
+    rows, sources = [], []
+    n_special = n_subword = n_missing = 0
+    vocab = tokenizer.get_vocab()
+    for token, row in sorted(vocab.items(), key=lambda kv: kv[1]):
+        if row >= weight.shape[0]:
+            continue
+        if token in special:
+            n_special += 1
+        elif token.startswith("##"):
+            n_subword += 1
+        else:
+            found = vectors.index.get(token)
+            if found is None and lowercase_fallback:
+                found = lowered.get(token.lower())
+            if found is None:
+                n_missing += 1
+            else:
+                rows.append(row)
+                sources.append(found)
+    factor = 1.0
+    with torch.no_grad():
+        if rows:
+            index = torch.tensor(rows, dtype=torch.long, device=weight.device)
+            new = torch.from_numpy(np.ascontiguousarray(vectors.vectors[sources])).to(weight.device, torch.float32)
+            if scale == "match":
+                old_std = weight[index, :d].float().std()
+                factor = float(old_std / new.std().clamp_min(1e-12))
+            elif scale == "none":
+                factor = 1.0
+            elif isinstance(scale, (int, float)) and not isinstance(scale, bool):
+                factor = float(scale)
+            else:
+                raise ValueError(f"scale must be 'match', 'none' or a number, got {scale!r}")
+            block = weight[index].float()
+            block[:, :d] = new * factor
+            if rest == "zero":
+                block[:, d:] = 0.0
+            weight[index] = block.to(weight.dtype)
+    total = len(vocab)
+    stats = {
+        "vocab_size": total,
+        "covered": len(rows),
+        "coverage": len(rows) / total if total else 0.0,
+        "special": n_special,
+        "subword": n_subword,
+        "missing": n_missing,
+        "hidden": hidden,
+        "vector_dim": d,
+        "dims_copied": d,
+        "vector_words": len(vectors),
+        "scale": factor,
+        "scale_mode": scale if isinstance(scale, str) else "fixed",
+        "rest": rest,
+    }
+    if source is not None:
+        stats["vectors"] = source
+    return stats
+
+
+# --------------------------------------------------------------------------- pipeline config
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class TokenizerStage(_Strict):
+    """Stage 1: WordPiece vocabulary."""
+
+    files: list[str] | None = Field(None, validate_default=True, description=f"default: {DEFAULT_CORPUS}")
+    vocab_size: int = Field(16000, ge=8)
+    min_frequency: int = Field(2, ge=1)
+    lowercase: bool = True
+    max_lines: int | None = Field(None, ge=1, description="read at most this many texts")
+    text_field: str = "text"
+
+    @field_validator("files")
+    @classmethod
+    def _files_exist(cls, files: list[str] | None) -> list[str]:
+        if files is None:
+            data = os.environ.get("TEXTCL_DATA")
+            if not data:
+                raise ValueError(
+                    "no corpus given and TEXTCL_DATA is not set -- export TEXTCL_DATA=../shared/data "
+                    "or list tokenizer.files"
+                )
+            files = [DEFAULT_CORPUS.replace("${TEXTCL_DATA}", data)]
+        if not files:
+            raise ValueError("at least one corpus file is needed")
+        missing = [f for f in files if not Path(f).expanduser().is_file()]
+        if missing:
+            raise ValueError(f"file not found: {', '.join(missing)} -- fix the path or set TEXTCL_DATA")
+        return files
+
+
+class ModelStage(_Strict):
+    """Stage 3: BERT size (BertConfig)."""
+
+    layers: int = Field(4, ge=1)
+    hidden: int = Field(256, ge=8)
+    heads: int = Field(4, ge=1)
+    intermediate: int = Field(1024, ge=8)
+    max_position: int = Field(128, ge=8)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    seed: int = 0
+
+
+class SgnsStage(_Strict):
+    """Stage 2: SGNS word vectors (``vectors`` given: use that file instead of training)."""
+
+    enabled: bool = True
+    recipe: str = "recipes/text/sgns.yaml"
+    overrides: list[str] = []
+    vectors: str | None = None
+
+
+class EmbeddingStage(_Strict):
+    """Stage 4: how SGNS vectors enter the input embeddings."""
+
+    scale: Literal["match", "none"] | float = Field("match", union_mode="left_to_right")
+    rest: Literal["keep", "zero"] = "keep"
+    lowercase_fallback: bool = True
+
+
+class TrainStage(_Strict):
+    """Stage 5 (optional): an objective recipe trained from base-sgns."""
+
+    recipe: str | None = None
+    overrides: list[str] = []
+
+
+class PipelineConfig(_Strict):
+    """``recipes/text/scratch/pipeline.yaml``: unknown keys are errors."""
+
+    output_dir: str = "runs/scratch"
+    tokenizer: TokenizerStage = Field(default_factory=TokenizerStage)
+    sgns: SgnsStage = SgnsStage()
+    model: ModelStage = ModelStage()
+    embeddings: EmbeddingStage = EmbeddingStage()
+    train: TrainStage = TrainStage()
+
+
+def load_pipeline_config(path: str | Path, overrides: Sequence[str] = ()) -> PipelineConfig:
+    """Read, override (``--set a.b=v``), expand ``${VAR}`` and validate; ``RecipeError`` on any problem."""
+    from textcl.core.recipe import (
+        RecipeError,
+        _apply_override,
+        _expand_env,
+        _format_errors,
+        _parse_override,
+    )
+
+    source = str(path)
+    p = Path(path)
+    if not p.is_file():
+        raise RecipeError(f"{source}: pipeline config not found (default: {DEFAULT_CONFIG})")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{source}: malformed YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{source}: the pipeline config must be a mapping (output_dir, tokenizer, ...)")
+    for item in overrides:
+        keys, value = _parse_override(item, source)
+        _apply_override(data, keys, value, item, source)
+    data = _expand_env(data, "", source)
+    data.setdefault("tokenizer", {})
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(_format_errors(exc, PipelineConfig, source)) from None
+
+
+# --------------------------------------------------------------------------- pipeline
+
+
+def _write_json(path: Path, data: Any) -> None:
+    from textcl.core.io import atomic_write_json
+
+    atomic_write_json(path, data)
+
+
+def _paths(cfg: PipelineConfig) -> dict[str, Path]:
+    root = Path(cfg.output_dir)
+    return {
+        "root": root,
+        "tokenizer": root / "tokenizer",
+        "sgns": Path(cfg.sgns.vectors) if cfg.sgns.vectors else root / "sgns",
+        "base-random": root / "base-random",
+        "base-sgns": root / "base-sgns",
+    }
+
+
+def _stage_tokenizer(cfg: PipelineConfig, out: Path) -> dict[str, Any]:
+    from textcl.core.io import replace_dir
+
+    t = cfg.tokenizer
+    tmp = out.with_name(f".tmp-{out.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tok = train_wordpiece_tokenizer(
+        t.files, t.vocab_size, tmp, lowercase=t.lowercase, min_frequency=t.min_frequency,
+        max_lines=t.max_lines, text_field=t.text_field, model_max_length=cfg.model.max_position,
+    )
+    info = {"vocab_size": len(tok), "asked": t.vocab_size, "files": t.files, "lowercase": t.lowercase,
+            "min_frequency": t.min_frequency, "max_lines": t.max_lines}
+    _write_json(tmp / "tokenizer_stats.json", info)
+    replace_dir(tmp, out)
+    return info
+
+
+def _stage_sgns(cfg: PipelineConfig, out: Path) -> dict[str, Any]:
+    """SGNS through the ordinary trainer into a temp dir (resumed from its checkpoints after a
+    kill), renamed when complete."""
+    from textcl.core.io import replace_dir
+    from textcl.train import run
+
+    tmp = out.with_name(f".tmp-{out.name}")
+    resume = (tmp / "checkpoints").is_dir() and any((tmp / "checkpoints").iterdir())
+    if resume:
+        logger.info("sgns: resuming the interrupted run in %s", tmp)
+    overrides = [*cfg.sgns.overrides, f"output_dir={tmp}"]
+    metrics = run(cfg.sgns.recipe, overrides, resume=resume)
+    shutil.rmtree(tmp / "checkpoints", ignore_errors=True)  # only needed to resume
+    replace_dir(tmp, out)
+    return {"recipe": cfg.sgns.recipe, "overrides": cfg.sgns.overrides, "metrics": metrics}
+
+
+def _stage_base_sgns(cfg: PipelineConfig, base_random: Path, vectors: Path, out: Path) -> dict[str, Any]:
+    from textcl.core.io import replace_dir
+    from textcl.encoders import TextEncoder
+
+    encoder = TextEncoder.from_pretrained(str(base_random))
+    e = cfg.embeddings
+    stats = init_embeddings_from_word_vectors(
+        encoder, encoder.tokenizer, vectors, scale=e.scale, rest=e.rest, lowercase_fallback=e.lowercase_fallback,
+    )
+    stats["vectors"] = str(vectors)
+    tmp = out.with_name(f".tmp-{out.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    seed = json.loads((base_random / "scratch.json").read_text()).get("seed") if (base_random / "scratch.json").is_file() else None
+    card = _base_card(encoder.transformer.config, seed, _paths(cfg)["tokenizer"], stats)
+    encoder.save(tmp, model_card=card)
+    _write_json(tmp / "embedding_init.json", stats)
+    if (base_random / "scratch.json").is_file():
+        shutil.copy(base_random / "scratch.json", tmp / "scratch.json")
+    replace_dir(tmp, out)
+    return stats
+
+
+def _stage_train(cfg: PipelineConfig, forced: bool) -> dict[str, Any]:
+    """Train the recipe; an interrupted run (checkpoints, no final model) is resumed unless forced."""
+    from textcl.core.recipe import load_recipe
+    from textcl.train import run
+
+    assert cfg.train.recipe is not None
+    recipe = load_recipe(cfg.train.recipe, cfg.train.overrides)
+    out = recipe.output_dir
+    ckpts = out / "checkpoints"
+    has_ckpt = ckpts.is_dir() and any(ckpts.iterdir())
+    resume = has_ckpt and not forced
+    metrics = run(cfg.train.recipe, cfg.train.overrides, resume=resume, overwrite=has_ckpt and forced)
+    return {"recipe": cfg.train.recipe, "overrides": cfg.train.overrides, "output_dir": str(out), "metrics": metrics}
+
+
+def _train_done(cfg: PipelineConfig) -> Path | None:
+    """The train stage's output dir if it already holds a finished run (metrics.json is written last)."""
+    from textcl.core.recipe import load_recipe
+
+    out = load_recipe(cfg.train.recipe, cfg.train.overrides).output_dir  # type: ignore[arg-type]
+    return out if (out / "metrics.json").is_file() and (out / "modules.json").is_file() else None
+
+
+def run_pipeline(cfg: PipelineConfig, *, force: Sequence[str] = (), stop_after: str | None = None) -> dict[str, Any]:
+    """Run the stages in order, skipping those whose output exists (``force`` re-runs named ones).
+
+    Returns (and writes to ``<output_dir>/pipeline.json``) per stage: ``status``
+    (``done`` / ``skipped`` / ``disabled``), ``seconds``, ``output`` and its facts.
+    """
+    for name in [*force, *([stop_after] if stop_after else [])]:
+        if name not in STAGES:
+            raise ValueError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+    # A rebuilt stage invalidates what was built from it.
+    force = set(force)
+    for name in STAGES:
+        if name in force:
+            force |= set(_DOWNSTREAM[name])
+    paths = _paths(cfg)
+    root = paths["root"]
+    root.mkdir(parents=True, exist_ok=True)
+    summary_path = root / "pipeline.json"
+    summary: dict[str, Any] = {"config": cfg.model_dump(mode="json"), "stages": {}}
+    if summary_path.is_file():
+        try:
+            summary["stages"] = json.loads(summary_path.read_text()).get("stages", {})
+        except json.JSONDecodeError:
+            pass
+
+    def stage(name: str, output: Path | None, fn: Any, exists: bool | None = None) -> None:
+        done = (output is not None and output.exists()) if exists is None else exists
+        if done and name not in force:
+            print(f"[{name}] exists, skipped: {output}")
+            summary["stages"].setdefault(name, {}).update(status="skipped", output=str(output))
+        else:
+            print(f"[{name}] running ...")
+            start = time.perf_counter()
+            info = fn()
+            seconds = time.perf_counter() - start
+            print(f"[{name}] done in {seconds:.1f} s -> {output}")
+            summary["stages"][name] = {"status": "done", "seconds": seconds, "output": str(output), **(info or {})}
+        _write_json(summary_path, summary)
+
+    def stopped(name: str) -> bool:
+        return stop_after == name
+
+    stage("tokenizer", paths["tokenizer"], lambda: _stage_tokenizer(cfg, paths["tokenizer"]))
+    if stopped("tokenizer"):
+        return summary
+    if cfg.sgns.vectors:
+        if not paths["sgns"].exists():
+            raise FileNotFoundError(f"sgns.vectors: {paths['sgns']} not found -- fix the path or remove the key")
+        summary["stages"]["sgns"] = {"status": "given", "output": str(paths["sgns"])}
+    elif cfg.sgns.enabled:
+        stage("sgns", paths["sgns"], lambda: _stage_sgns(cfg, paths["sgns"]))
+    else:
+        summary["stages"]["sgns"] = {"status": "disabled"}
+    if stopped("sgns"):
+        return summary
+    m = cfg.model
+    stage("base-random", paths["base-random"], lambda: {"output": str(build_bert(
+        paths["tokenizer"], paths["base-random"], m.layers, m.hidden, m.heads, m.intermediate,
+        m.max_position, m.seed, dropout=m.dropout))})
+    if stopped("base-random"):
+        return summary
+    have_vectors = bool(cfg.sgns.vectors) or cfg.sgns.enabled
+    if have_vectors:
+        stage("base-sgns", paths["base-sgns"],
+              lambda: _stage_base_sgns(cfg, paths["base-random"], paths["sgns"], paths["base-sgns"]))
+    if stopped("base-sgns") or cfg.train.recipe is None:
+        return summary
+    base = paths["base-sgns"] if have_vectors else paths["base-random"]
+    # The scratch recipes' model.name_or_path reads TEXTCL_SCRATCH_BASE; restored afterwards.
+    previous = os.environ.get(BASE_ENV)
+    os.environ[BASE_ENV] = str(base)
+    try:
+        done = _train_done(cfg)
+        stage("train", done or Path(cfg.train.recipe), lambda: _stage_train(cfg, "train" in force),
+              exists=done is not None)
+    finally:
+        if previous is None:
+            os.environ.pop(BASE_ENV, None)
+        else:
+            os.environ[BASE_ENV] = previous
+    return summary
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m textcl.scratch",
+        description="Build the from-scratch text track: WordPiece tokenizer, SGNS vectors, "
+        "runs/scratch/base-random and base-sgns, optionally one objective run.",
+    )
+    p.add_argument("config", nargs="?", default=DEFAULT_CONFIG, help=f"pipeline YAML (default: {DEFAULT_CONFIG})")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set tokenizer.vocab_size=8000 (repeatable)")
+    p.add_argument("--train", metavar="RECIPE", default=None,
+                   help="also train this objective recipe from base-sgns (= --set train.recipe=RECIPE)")
+    p.add_argument("--force", action="append", default=[], choices=STAGES,
+                   help="re-run this stage (and the stages built from it) even if its output exists "
+                   "(repeatable)")
+    p.add_argument("--stop-after", choices=STAGES, default=None, help="stop after this stage")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; exit status 0 done, 2 bad config or data."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("transformers", "datasets", "sentence_transformers", "accelerate"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from textcl.core.recipe import RecipeError
+    from textcl.core.trainer import TrainingDataError
+    from textcl.documents import DataError
+
+    overrides = list(args.overrides) + ([f"train.recipe={args.train}"] if args.train else [])
+    try:
+        cfg = load_pipeline_config(args.config, overrides)
+        summary = run_pipeline(cfg, force=args.force, stop_after=args.stop_after)
+    except (RecipeError, DataError, TrainingDataError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    init = summary["stages"].get("base-sgns", {})
+    if "covered" in init:
+        print(f"SGNS embedding coverage: {init['covered']} / {init['vocab_size']} tokens "
+              f"({100 * init['coverage']:.1f}%), first {init['dims_copied']} dims")
+    print(f"summary: {Path(cfg.output_dir) / 'pipeline.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
