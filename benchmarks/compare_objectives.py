@@ -69,7 +69,7 @@ from benchmarks.common import (
     write_report,
 )
 
-__all__ = ["ROWS", "RowSkipped", "Settings", "main", "run_comparison"]
+__all__ = ["ROWS", "RowSkipped", "Settings", "is_row", "main", "run_comparison"]
 
 logger = logging.getLogger("benchmarks.compare_objectives")
 
@@ -498,6 +498,12 @@ def evaluate_model(spec: Any, settings: Settings) -> dict[str, Any]:
     }
 
 
+def is_row(name: str, recipes_dir: Path) -> bool:
+    """A standard row, or a variant row: any recipe ``<recipes-dir>/<name>.yaml`` (e.g. an
+    objective with other settings), trained and evaluated like the objective rows."""
+    return name in ROWS or (Path(recipes_dir) / f"{name}.yaml").is_file()
+
+
 def prepare_row(name: str, settings: Settings) -> dict[str, Any]:
     """Train (if the row trains) and return the row's facts incl. ``model`` (what to evaluate)."""
     if name == "random-init":
@@ -616,12 +622,15 @@ def run_comparison(
     plot: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Run the rows not yet done in ``out``, rewriting ``out`` after each; returns all rows."""
-    unknown = [r for r in rows if r not in ROWS]
+    unknown = [r for r in rows if not is_row(r, settings.recipes_dir)]
     if unknown:
-        raise ValueError(f"unknown rows {unknown}; valid rows: {', '.join(ROWS)}")
+        raise ValueError(f"unknown rows {unknown}; valid rows: {', '.join(ROWS)} or <recipes-dir>/<row>.yaml")
     done = _load_previous(out, settings, fresh)
     started = _now()
     order = [r for r in ROWS if r in rows or done.get(r, {}).get("status") == "done"]
+    # Variant rows (extra recipes in the recipes dir) after the standard ones.
+    order += [r for r in [*done, *rows] if r not in ROWS and r not in order
+              and (r in rows or done.get(r, {}).get("status") == "done")]
     todo = [r for r in rows if done.get(r, {}).get("status") != "done"]
     trains = sum(r not in BASELINE_ROWS for r in todo)
     print(
@@ -757,9 +766,10 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     p = _parser()
     args = p.parse_args(argv)
     rows = [r for item in args.rows for r in item.replace(",", " ").split()]
-    bad = [r for r in rows if r not in ROWS]
+    bad = [r for r in rows if not is_row(r, args.recipes_dir)]
     if bad or not rows:
-        p.error(f"unknown rows {bad}; valid rows: {', '.join(ROWS)}")
+        p.error(f"unknown rows {bad}; valid rows: {', '.join(ROWS)}, or a variant with a recipe "
+                f"{args.recipes_dir}/<row>.yaml")
     if args.budget_minutes <= 0 or args.folds < 2 or args.inner_folds < 2 or min(args.threads, args.simcse_threads) < 1:
         p.error("--budget-minutes must be > 0, --folds/--inner-folds >= 2, --threads/--simcse-threads >= 1")
     try:

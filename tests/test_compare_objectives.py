@@ -129,6 +129,16 @@ def test_missing_recipe_or_method_is_skipped_with_the_reason(settings, tmp_path)
     assert json.loads(out.read_text())["rows"]["cert"]["status"] == "skipped"
 
 
+def test_variant_rows_need_a_recipe_and_come_after_the_standard_rows(settings, tmp_path):
+    with pytest.raises(ValueError, match="unknown rows .*nsp-typo"):
+        co.run_comparison(settings, ["nsp-typo"], tmp_path / "res.json")
+    (settings.recipes_dir / "nsp-variant.yaml").write_text("method: no_such_method\noutput_dir: x\n")
+    out = tmp_path / "res.json"
+    rows = co.run_comparison(settings, ["nsp-variant", "random-init"], out)
+    assert rows["nsp-variant"]["status"] == "skipped"  # trained like an objective row
+    assert json.loads(out.read_text())["order"] == ["random-init", "nsp-variant"]
+
+
 def test_json_is_valid_after_a_kill_and_the_restart_finishes(settings, tmp_path, monkeypatch):
     out = tmp_path / "res.json"
     real = co.evaluate_model

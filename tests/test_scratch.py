@@ -12,13 +12,12 @@ import torch
 
 from textcl.scratch import (
     build_bert,
-    init_embeddings_from_word_vectors,
     load_pipeline_config,
     main,
     run_pipeline,
     train_wordpiece_tokenizer,
 )
-from textcl.word_vectors import WordVectors
+from textcl.word_vectors import WordVectors, init_embeddings_from_word_vectors
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 

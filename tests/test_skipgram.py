@@ -18,7 +18,6 @@ from textcl.objectives.skipgram import (
     SparseSGD,
     alias_table,
     draw_negatives,
-    init_embeddings_from_word_vectors,
     keep_probabilities,
     noise_distribution,
     sgd_pairs,
@@ -27,7 +26,7 @@ from textcl.objectives.skipgram import (
     window_pairs,
 )
 from textcl.train import main, run
-from textcl.word_vectors import WordVectors
+from textcl.word_vectors import WordVectors, init_embeddings_from_word_vectors
 
 
 # ----------------------------------------------------------------------------- corpora
@@ -329,15 +328,14 @@ def test_init_transformer_embeddings_from_word_vectors(tiny_bert_dir):
     rng = np.random.default_rng(0)
     words = ["house", "river", "Running", "zzzunknownzzz"]
     wv = WordVectors(words, rng.standard_normal((4, 64)).astype(np.float32) * 3)
-    report = init_embeddings_from_word_vectors(model, tok, wv)
-    assert report["initialized"] == 3  # house, river, running (lowercase fallback of "Running")
-    assert report["tokens"] == len(tok) and report["coverage"] == pytest.approx(3 / len(tok))
-    assert report["skipped_special"] >= 5 and report["skipped_subword"] > 1000
+    report = init_embeddings_from_word_vectors(model, tok, wv, scale="none")
+    assert report["covered"] == 3  # house, river, running (lowercase fallback of "Running")
+    assert report["vocab_size"] == len(tok) and report["coverage"] == pytest.approx(3 / len(tok))
+    assert report["special"] >= 5 and report["subword"] > 1000
     after = model.get_input_embeddings().weight.detach()
     house, the = tok.convert_tokens_to_ids(["house", "the"])
-    expected = torch.from_numpy(wv["house"]) * report["scale"]
-    assert torch.allclose(after[house], expected)
+    assert torch.allclose(after[house], torch.from_numpy(wv["house"]))
     assert torch.equal(after[the], before[the])  # no vector: keeps its initialisation
     assert int((after != before).any(dim=1).sum()) == 3
-    with pytest.raises(ValueError, match="dimension mismatch.*64-d.*100-d.*model.dim: 64"):
+    with pytest.raises(ValueError, match="100-d.*64-d.*model.dim <= 64"):
         init_embeddings_from_word_vectors(model, tok, WordVectors(["house"], np.zeros((1, 100))))

@@ -213,3 +213,17 @@ def test_time_budget_is_kept_across_resume(tmp_path, monkeypatch):
     assert resumed.state.step == uninterrupted.state.step
     for p, q in zip(uninterrupted.method.parameters(), resumed.method.parameters()):
         assert torch.equal(p, q)
+
+
+def test_time_budget_without_epochs_runs_past_one_epoch(tmp_path, monkeypatch):
+    import textcl.core.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module.time, "perf_counter", _FakeClock(0.5))
+    # 64 examples / batch 8 = 8 steps per epoch; the 20 s budget needs more than one epoch.
+    t = Trainer(_toy(), _cfg(max_minutes=20 / 60), tmp_path / "unbounded", seed=7)
+    t.fit()
+    assert t.state.step > 8 and t.state.train_seconds >= 20.0
+    # An explicit epoch count still caps a budgeted run.
+    capped = Trainer(_toy(), _cfg(max_minutes=20 / 60, epochs=1), tmp_path / "capped", seed=7)
+    capped.fit()
+    assert capped.state.step == 8

@@ -14,7 +14,7 @@ runs, each stage skipped when its output already exists (so a killed pipeline re
 3. ``base-random``: a random-init ``BertModel`` saved as a sentence-transformers directory
    (mean pooling) with the tokenizer (:func:`build_bert`);
 4. ``base-sgns``: the same weights with the input-embedding rows of whole-word tokens replaced
-   by their SGNS vectors (:func:`init_embeddings_from_word_vectors`; coverage in
+   by their SGNS vectors (:func:`textcl.word_vectors.init_embeddings_from_word_vectors`; coverage in
    ``embedding_init.json``);
 5. optionally, one objective recipe trained on ``base-sgns`` (``TEXTCL_SCRATCH_BASE`` is set
    to it, which the recipes under ``recipes/text/scratch/`` read).
@@ -44,7 +44,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 __all__ = [
     "PipelineConfig",
     "build_bert",
-    "init_embeddings_from_word_vectors",
     "load_pipeline_config",
     "main",
     "run_pipeline",
@@ -263,119 +262,6 @@ def _base_card(config: Any, seed: int, tokenizer_dir: Path, init: dict[str, Any]
 # --------------------------------------------------------------------------- embeddings
 
 
-def init_embeddings_from_word_vectors(
-    model: Any,
-    tokenizer: Any,
-    vectors: Any,
-    scale: Literal["match", "none"] | float = "match",
-    *,
-    rest: Literal["keep", "zero"] = "keep",
-    lowercase_fallback: bool = True,
-) -> dict[str, Any]:
-    """Copy word vectors into the input-embedding rows of tokens that are whole words.
-
-    ``model``: a transformers model (``get_input_embeddings()``) or a ``TextEncoder``;
-    ``vectors``: a :class:`textcl.word_vectors.WordVectors` or a path ``WordVectors.load`` reads
-    (an SGNS output dir, a word2vec file). A token is a whole word when it is not special, not a
-    WordPiece continuation (``##x``) and is in the vector vocabulary (else its lowercase form,
-    with ``lowercase_fallback``; the most frequent case variant wins).
-
-    Vectors of ``d`` dims go into the first ``d`` dims of a row (``d`` must be <= the hidden
-    size); the other dims keep their init (``rest="keep"``) or become 0 (``"zero"``).
-    ``scale="match"`` multiplies the copied block so its standard deviation equals that of the
-    embedding values it replaces (word2vec values are ~10x BERT's 0.02-std init), ``"none"``
-    copies as is, a float multiplies by that number. Rows of other tokens are untouched.
-
-    Unlike ``textcl.objectives.skipgram.init_embeddings_from_word_vectors`` (same dims only,
-    norm matching), this one handles ``d < hidden``: the calibration run put 100-d SGNS vectors
-    into a 256-d BERT.
-
-    Returns ``vocab_size``, ``covered``, ``coverage`` (covered / vocab), ``special``,
-    ``subword``, ``missing``, ``hidden``, ``vector_dim``, ``dims_copied``, ``scale``, ``rest``.
-    """
-    import numpy as np
-    import torch
-
-    from textcl.word_vectors import WordVectors
-
-    source = None
-    if not isinstance(vectors, WordVectors):
-        source = str(vectors)
-        vectors = WordVectors.load(vectors)
-    transformer = getattr(model, "transformer", model)  # a TextEncoder wraps the HF model
-    weight = transformer.get_input_embeddings().weight
-    hidden, d = int(weight.shape[1]), vectors.dim
-    if d > hidden:
-        raise ValueError(
-            f"the word vectors are {d}-d but the model's input embeddings {hidden}-d; train SGNS "
-            f"with model.dim <= {hidden} (e.g. --set model.dim={hidden})"
-        )
-    if rest not in ("keep", "zero"):
-        raise ValueError(f"rest must be 'keep' or 'zero', got {rest!r}")
-    lowered: dict[str, int] = {}
-    if lowercase_fallback:
-        for i, w in enumerate(vectors.words):  # most frequent first: setdefault keeps it
-            lowered.setdefault(w.lower(), i)
-    special = set(getattr(tokenizer, "all_special_tokens", ()))
-    rows, sources = [], []
-    n_special = n_subword = n_missing = 0
-    vocab = tokenizer.get_vocab()
-    for token, row in sorted(vocab.items(), key=lambda kv: kv[1]):
-        if row >= weight.shape[0]:
-            continue
-        if token in special:
-            n_special += 1
-        elif token.startswith("##"):
-            n_subword += 1
-        else:
-            found = vectors.index.get(token)
-            if found is None and lowercase_fallback:
-                found = lowered.get(token.lower())
-            if found is None:
-                n_missing += 1
-            else:
-                rows.append(row)
-                sources.append(found)
-    factor = 1.0
-    with torch.no_grad():
-        if rows:
-            index = torch.tensor(rows, dtype=torch.long, device=weight.device)
-            new = torch.from_numpy(np.ascontiguousarray(vectors.vectors[sources])).to(weight.device, torch.float32)
-            if scale == "match":
-                old_std = weight[index, :d].float().std()
-                factor = float(old_std / new.std().clamp_min(1e-12))
-            elif scale == "none":
-                factor = 1.0
-            elif isinstance(scale, (int, float)) and not isinstance(scale, bool):
-                factor = float(scale)
-            else:
-                raise ValueError(f"scale must be 'match', 'none' or a number, got {scale!r}")
-            block = weight[index].float()
-            block[:, :d] = new * factor
-            if rest == "zero":
-                block[:, d:] = 0.0
-            weight[index] = block.to(weight.dtype)
-    total = len(vocab)
-    stats = {
-        "vocab_size": total,
-        "covered": len(rows),
-        "coverage": len(rows) / total if total else 0.0,
-        "special": n_special,
-        "subword": n_subword,
-        "missing": n_missing,
-        "hidden": hidden,
-        "vector_dim": d,
-        "dims_copied": d,
-        "vector_words": len(vectors),
-        "scale": factor,
-        "scale_mode": scale if isinstance(scale, str) else "fixed",
-        "rest": rest,
-    }
-    if source is not None:
-        stats["vectors"] = source
-    return stats
-
-
 # --------------------------------------------------------------------------- pipeline config
 
 
@@ -547,6 +433,7 @@ def _stage_sgns(cfg: PipelineConfig, out: Path) -> dict[str, Any]:
 def _stage_base_sgns(cfg: PipelineConfig, base_random: Path, vectors: Path, out: Path) -> dict[str, Any]:
     from textcl.core.io import replace_dir
     from textcl.encoders import TextEncoder
+    from textcl.word_vectors import init_embeddings_from_word_vectors
 
     encoder = TextEncoder.from_pretrained(str(base_random))
     e = cfg.embeddings

@@ -96,7 +96,7 @@ class TrainConfig(_Strict):
         None, gt=0,
         description="wall-clock training budget (evaluation and checkpoint time excluded); "
         "training stops at the first step past it, and with no max_steps the lr schedule "
-        "runs on the elapsed fraction of the budget",
+        "runs on the elapsed fraction of the budget; epochs then only cap it when set explicitly",
     )
     threads: int | None = Field(None, ge=1, description="torch intra-op CPU threads; default: torch's")
     optimizer: Literal["adamw", "sgd", "lars"] = "adamw"

@@ -49,6 +49,8 @@ Evaluator = Callable[[Method], dict[str, float]]
 
 #: Resolution of the time-based lr schedule (fraction of train.max_minutes).
 _TIME_TICKS = 100_000
+#: Epoch cap of a time-budgeted run that sets neither epochs nor max_steps.
+_UNBOUNDED_EPOCHS = 1_000_000
 
 
 class NonFiniteLossError(RuntimeError):
@@ -276,8 +278,13 @@ class Trainer:
             )
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        max_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
         budget = cfg.max_minutes * 60 if cfg.max_minutes else None
+        epochs = cfg.epochs
+        if budget is not None and cfg.max_steps is None and "epochs" not in cfg.model_fields_set:
+            # A time budget without an explicit epoch count means "train for that long":
+            # the default of 1 epoch must not end a small corpus's run after a minute.
+            epochs = _UNBOUNDED_EPOCHS
+        max_steps = cfg.max_steps or epochs * steps_per_epoch
         # A time budget without max_steps: the schedule runs on the elapsed fraction of
         # the budget, so warmup and decay fit whatever number of steps the budget allows
         # (epochs stay an upper bound).

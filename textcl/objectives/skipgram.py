@@ -63,7 +63,6 @@ __all__ = [
     "SparseSGD",
     "alias_table",
     "draw_negatives",
-    "init_embeddings_from_word_vectors",
     "keep_probabilities",
     "noise_distribution",
     "sgns_loss",
@@ -614,86 +613,4 @@ def render_word_vectors_card(info: dict[str, Any]) -> str:
         "```bibtex", str(info.get("objective_citation", CITATION)).strip(), "```", "",
     ]
     return "\n".join(out)
-
-
-# --------------------------------------------------------------------- transfer to encoders
-def init_embeddings_from_word_vectors(
-    model: nn.Module,
-    tokenizer: Any,
-    wv: WordVectors,
-    *,
-    rescale: bool = True,
-    lowercase_fallback: bool = True,
-) -> dict[str, Any]:
-    """Copy word vectors into a transformer's input embedding matrix, token by token.
-
-    A vocabulary token gets the vector of the word it spells: WordPiece continuations
-    (``##ing``) and special tokens are skipped; the word-start markers of SentencePiece
-    (``▁``) and byte-level BPE (``Ġ``) are stripped; a token not found as is is matched
-    case-insensitively (``lowercase_fallback``; the most frequent case variant wins). Tokens without a vector keep their (random)
-    initialisation. ``rescale`` multiplies the copied vectors so their mean norm equals
-    the mean norm of the rows they replace (word2vec norms are ~100x BERT's).
-
-    The dimensions must agree: a mismatch raises ``ValueError`` (train SGNS with
-    ``model.dim`` equal to the encoder's hidden size) -- no projection is attempted.
-
-    Returns coverage: ``tokens`` (vocabulary size), ``initialized``, ``coverage`` (fraction),
-    ``skipped_special``, ``skipped_subword``, ``missing``, ``scale``.
-    """
-    embedding = model.get_input_embeddings()
-    weight = embedding.weight
-    if weight.shape[1] != wv.dim:
-        raise ValueError(
-            f"dimension mismatch: the model's input embeddings are {weight.shape[1]}-d, the word "
-            f"vectors {wv.dim}-d; train SGNS with model.dim: {weight.shape[1]}"
-        )
-    vocab: dict[str, int] = tokenizer.get_vocab()
-    special = set(getattr(tokenizer, "all_special_tokens", []))
-    # Lowercased words -> row, the first (most frequent) case variant winning.
-    lowered: dict[str, int] = {}
-    if lowercase_fallback:
-        for i, w in enumerate(wv.words):
-            lowered.setdefault(w.lower(), i)
-    rows: list[int] = []
-    sources: list[int] = []
-    skipped_special = skipped_subword = missing = 0
-    for token, row in vocab.items():
-        if row >= weight.shape[0]:
-            continue
-        if token in special:
-            skipped_special += 1
-            continue
-        if token.startswith("##"):
-            skipped_subword += 1
-            continue
-        word = token.lstrip("▁Ġ") or token
-        found = wv.index.get(word)
-        if found is None and lowercase_fallback:
-            found = lowered.get(word.lower())
-        if found is None:
-            missing += 1
-            continue
-        rows.append(row)
-        sources.append(found)
-    scale = 1.0
-    with torch.no_grad():
-        if rows:
-            index = torch.tensor(rows, dtype=torch.long, device=weight.device)
-            new = torch.from_numpy(wv.vectors[sources]).to(weight.device, weight.dtype)
-            if rescale:
-                old_norm = weight[index].norm(dim=1).mean()
-                new_norm = new.norm(dim=1).mean().clamp_min(1e-12)
-                scale = float(old_norm / new_norm)
-                new = new * scale
-            weight[index] = new
-    total = len(vocab)
-    return {
-        "tokens": total,
-        "initialized": len(rows),
-        "coverage": len(rows) / total if total else 0.0,
-        "skipped_special": skipped_special,
-        "skipped_subword": skipped_subword,
-        "missing": missing,
-        "scale": scale,
-    }
 
