@@ -1,10 +1,11 @@
 """GLUE dev-set scores of a sentence encoder: fine-tuned, or frozen with a linear probe.
 
-    python -m benchmarks.glue MODEL [--tasks cola,sst2,mrpc,stsb,rte,wnli,qqp,qnli]
-        [--data-dir DIR] [--mode finetune|probe] [--max-train-samples N]
-        [--max-eval-samples N] [--epochs E] [--lr LR] [--batch-size B]
-        [--max-seq-length L] [--seed S] [--split-seed S] [--probe-c C]
-        [--out F.json] [--plot]
+    python -m benchmarks.glue [NAME=]MODEL [[NAME=]MODEL ...]
+        [--tasks cola,sst2,mrpc,stsb,rte,wnli,qqp,qnli] [--data-dir DIR]
+        [--mode finetune|probe] [--max-train-samples N] [--max-eval-samples N]
+        [--epochs E] [--lr LR] [--batch-size B] [--max-seq-length L]
+        [--seed S | --seeds S1,S2,...] [--split-seed S] [--probe-c C]
+        [--out F.json [--fresh]] [--plot]
 
 * ``finetune`` (default): ``AutoModelForSequenceClassification`` on MODEL's transformer
   weights (a textcl / sentence-transformers directory, a plain HF directory, or a hub name;
@@ -23,6 +24,13 @@ accuracy; STS-B Pearson and Spearman; the rest accuracy. Data layout: ``DIR/glue
 as in ``../shared/data/README.md``. QQP (only a 23,497-row *train* subset) and QNLI (only
 dev) are split 80/20 by a seeded hash of the row index, and the protocol says so; MNLI is
 not in the data.
+
+Several models and seeds: every (model, task, seed) is one run; per model and task the
+report gives the per-seed scores, their mean and sample standard deviation (ddof=1), and
+for every model after the first the difference of means from the first. A run's seed sets
+the head's init, the batch order and the ``--max-train-samples`` subset, so two models with
+the same seed see the same data in the same order (paired). With ``--out`` the JSON is
+rewritten after every run and a restart with the same settings skips the finished runs.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shlex
 import sys
 import tempfile
@@ -338,8 +347,13 @@ def load_task(
     max_train: int | None = None,
     max_eval: int | None = None,
     seed: int = 0,
+    seed_text: str | None = None,
 ) -> TaskData:
-    """Read (and for QQP/QNLI, split) a task; optional seeded subsets of train and eval."""
+    """Read (and for QQP/QNLI, split) a task; optional seeded subsets of train and eval.
+
+    ``seed_text`` replaces "seed S" in the train-subset source line: with several seeds one
+    protocol line describes every run, each drawing its subset with its own seed.
+    """
     source: list[str] = []
     if task.split_from:
         rows = read_rows(data_dir / task.split_from, task)
@@ -355,7 +369,7 @@ def load_task(
         dev = read_rows(data_dir / task.dev, task)
         source.append(f"GLUE dev ({len(dev)} rows), train {len(train)} rows")
     if max_train is not None and max_train < len(train):
-        source.append(f"{max_train} of {len(train)} train rows (seeded random subset, seed {seed})")
+        source.append(f"{max_train} of {len(train)} train rows (seeded random subset, {seed_text or f'seed {seed}'})")
         train = subsample(train, max_train, seed)
     if max_eval is not None and max_eval < len(dev):
         source.append(f"{max_eval} of {len(dev)} eval rows (seeded random subset, seed {split_seed})")
@@ -516,6 +530,7 @@ def finetune(
         AutoModelForSequenceClassification,
         AutoTokenizer,
         DataCollatorWithPadding,
+        PrinterCallback,
         Trainer,
         TrainingArguments,
         set_seed,
@@ -577,6 +592,9 @@ def finetune(
             train_dataset=train_rows,
             data_collator=DataCollatorWithPadding(tokenizer),
         )
+        # With tqdm off the Trainer prints its end-of-training metrics dict; the progress line
+        # per run says what matters, and train_loss goes into details.
+        trainer.remove_callback(PrinterCallback)
         result = trainer.train()
         output = trainer.predict(eval_rows)
     logits = output.predictions
@@ -599,18 +617,31 @@ def finetune(
     return labels, preds, details
 
 
-def finetune_protocol(args: argparse.Namespace, details: dict[str, Any], task: Task) -> str:
-    """How the model was fine-tuned, for the protocol line."""
+def seeds_phrase(seeds: Sequence[int]) -> str:
+    """"seed 0" for one seed, "the run's seed, one of 0, 1, 2" for several: for protocol lines."""
+    if len(seeds) == 1:
+        return f"seed {seeds[0]}"
+    return f"the run's seed, one of {', '.join(map(str, seeds))}"
+
+
+def finetune_protocol(
+    args: argparse.Namespace, details: dict[str, Any], task: Task, seeds: Sequence[int] | None = None
+) -> str:
+    """How the model was fine-tuned, for the protocol line (``seeds`` defaults to ``[args.seed]``)."""
     kind = "regression (1 output, MSE)" if task.regression else "2-way classification"
     inputs = "sentence pair cross-encoded" if len(task.fields) == 2 else "single sentence"
+    seeds = list(seeds) if seeds is not None else [args.seed]
+    what = "seed" if len(seeds) == 1 else "seeds"
+    sets = "head init, batch order" + (" and train subset" if args.max_train_samples else "")
     return (
         f"fine-tune AutoModelForSequenceClassification ({kind}, {inputs}) with HF Trainer: "
-        f"{args.epochs:g} epochs, lr {args.lr:g}, batch {args.batch_size or 32}, AdamW, linear decay, no warmup, "
-        f"max_seq_length {details['max_seq_length']}, length-grouped batches, seed {args.seed}"
+        f"{args.epochs:g} epochs ({details['steps']} optimizer steps), lr {args.lr:g}, batch {args.batch_size or 32}, "
+        f"AdamW, linear decay, no warmup, max_seq_length {details['max_seq_length']}, length-grouped batches, "
+        f"{what} {', '.join(map(str, seeds))} ({sets})"
     )
 
 
-# --------------------------------------------------------------------------- running
+# --------------------------------------------------------------------------- running one task
 
 
 def majority_rate(labels: np.ndarray) -> float:
@@ -630,110 +661,449 @@ def protocol_line(task: Task, data: TaskData, how: str) -> str:
 
 
 def run_task(
-    args: argparse.Namespace, data: TaskData, encoder: Encoder | None, ref: str | None
-) -> tuple[dict[str, float | None], str, dict[str, Any]]:
-    """Scores, protocol line and details of one task in the mode ``args`` asks for."""
+    args: argparse.Namespace, data: TaskData, encoder: Encoder | None, ref: str | None, seed: int | None = None
+) -> tuple[dict[str, float | None], dict[str, Any]]:
+    """Scores and details of one task, one model, one seed (default ``args.seed``), in ``args.mode``."""
+    seed = args.seed if seed is None else seed
     task = data.task
     y_true = data.eval.labels
     if args.mode == "probe":
         assert encoder is not None
-        preds, details = probe(encoder, data, seed=args.seed, batch_size=args.batch_size or 64, strength=args.probe_c)
-        how = probe_protocol(task, details, fixed=args.probe_c is not None)
+        preds, details = probe(encoder, data, seed=seed, batch_size=args.batch_size or 64, strength=args.probe_c)
     else:
         assert ref is not None
         y_true, preds, details = finetune(
             ref, data, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size or 32,
-            max_seq_length=args.max_seq_length, seed=args.seed,
+            max_seq_length=args.max_seq_length, seed=seed,
         )
-        how = finetune_protocol(args, details, task)
     details.update(n_train=len(data.train), n_eval=len(data.eval))
     if not task.regression:
         details["eval_majority_rate"] = majority_rate(data.eval.labels)
-    return score(task, y_true, preds), protocol_line(task, data, how), details
+    return score(task, y_true, preds), details
+
+
+def task_protocol(args: argparse.Namespace, data: TaskData, details: dict[str, Any], seeds: Sequence[int]) -> str:
+    """The protocol line of a task, from its data and the details of one of its runs."""
+    task = data.task
+    if args.mode == "probe":
+        how = probe_protocol(task, details, fixed=args.probe_c is not None)
+        if len(seeds) > 1:
+            how += f"; {seeds_phrase(seeds)} picks the hold-out part and the train subset"
+    else:
+        how = finetune_protocol(args, details, task, seeds)
+    return protocol_line(task, data, how)
+
+
+# --------------------------------------------------------------------------- models, seeds, resuming
+
+STD_NOTE = (
+    "mean and std over seeds; std is the sample standard deviation (ddof=1, n-1 in the denominator), "
+    "null with one seed; diff = mean of the model minus mean of the first model, diff_std = sample std "
+    "of the per-seed paired differences (same seed = same train subset and batch order for both models)"
+)
+# What decides a run's result besides (model, task, seed): a resumed report must agree on all.
+RUN_SETTINGS = (
+    "mode", "epochs", "lr", "batch_size", "max_seq_length", "max_train_samples", "max_eval_samples",
+    "split_seed", "probe_c",
+)
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model to evaluate: its name in tables and reports, and where it is."""
+
+    name: str
+    spec: str
+
+
+def parse_models(specs: Sequence[str]) -> list[ModelSpec]:
+    """``PATH`` or ``NAME=PATH`` per model; an unnamed model is named by its spec. Names must differ."""
+    out: list[ModelSpec] = []
+    for raw in specs:
+        name, sep, spec = raw.partition("=")
+        # An existing path that happens to contain "=" is a path, not a name.
+        if sep and _NAME.fullmatch(name) and not Path(raw).expanduser().exists():
+            if not spec:
+                raise GlueError(f"model {raw!r}: no path after '='")
+            out.append(ModelSpec(name, spec))
+        else:
+            out.append(ModelSpec(raw, raw))
+    names = [m.name for m in out]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise GlueError(f"model name(s) {', '.join(map(repr, twice))} given twice: name each model, "
+                        "e.g. start=PATH1 cert=PATH2")
+    return out
+
+
+def parse_seeds(text: str) -> list[int]:
+    """Seeds from a comma list ("0,1,2"): distinct integers >= 0, in the order given."""
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise GlueError(f"--seeds {text!r}: expected a comma list of integers, e.g. 0,1,2") from None
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise GlueError(f"--seeds {text!r}: expected distinct integers >= 0, e.g. 0,1,2")
+    return seeds
+
+
+def weights_fingerprint(ref: str) -> str | None:
+    """sha1 (16 hex) of a local model directory's weight files; None for a hub name.
+
+    Recorded so that resuming never mixes runs of a model retrained at the same path.
+    """
+    root = Path(ref)
+    if not root.is_dir():
+        return None
+    digest = hashlib.sha1()
+    for path in sorted(root.iterdir()):
+        if path.is_file() and path.suffix in {".safetensors", ".bin", ".pt", ".pth"}:
+            digest.update(path.name.encode())
+            with path.open("rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def model_identity(mode: str, spec: ModelSpec) -> dict[str, Any]:
+    """Where a model's weights are (absolute path or hub name) and their fingerprint, for resuming."""
+    if mode == "probe":  # benchmarks.models specs: the spec is the identity
+        return {"spec": spec.spec, "path": None, "fingerprint": None}
+    ref = transformer_ref(spec.spec)
+    local = Path(ref).exists()
+    return {
+        "spec": spec.spec,
+        "path": os.path.abspath(ref) if local else ref,
+        "ref": ref,
+        "fingerprint": weights_fingerprint(ref) if local else None,
+    }
+
+
+def settings_of(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings that decide a run's result (see RUN_SETTINGS)."""
+    settings = {k: getattr(args, k) for k in RUN_SETTINGS}
+    # The effective batch: an explicit "--batch-size 32" resumes a report made with the default.
+    settings["batch_size"] = args.batch_size or (64 if args.mode == "probe" else 32)
+    return settings
+
+
+def _identity_key(info: dict[str, Any]) -> tuple[Any, ...]:
+    """What must match for a model's runs to be reused: path and weights, or the probe spec."""
+    return (info.get("path"), info.get("fingerprint")) if info.get("path") else (info.get("spec"),)
+
+
+def resume_state(
+    out: Path, settings: dict[str, Any], models: dict[str, dict[str, Any]], fresh: bool
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(runs, model info) of a previous report at ``out`` that can be continued, else empty ones.
+
+    A report that cannot be continued (other settings, a model whose path or weights changed,
+    an older single-run format, unreadable) is moved to ``OUT.bak`` with a message saying why.
+    """
+    if not out.exists():
+        return {}, {}
+    problem = None
+    old: Any = None
+    try:
+        old = json.loads(out.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        problem = f"cannot be read as JSON ({err})"
+    if fresh:
+        problem = "--fresh given"
+    elif problem is None and not (isinstance(old, dict) and isinstance(old.get("runs"), dict)
+                                  and isinstance(old.get("settings"), dict)):
+        problem = "has no per-run results (written by the single-run version of this benchmark)"
+    elif problem is None:
+        diffs = [f"{k} {old['settings'].get(k)!r} there, {v!r} now"
+                 for k, v in settings.items() if old["settings"].get(k) != v]
+        old_info = old.get("model_info", {})
+        for name, info in models.items():
+            prev = old_info.get(name)
+            if prev is not None and _identity_key(prev) != _identity_key(info):
+                diffs.append(f"model {name!r} was {prev.get('path') or prev.get('spec')} (weights "
+                             f"{prev.get('fingerprint')}), now {info['path'] or info['spec']} (weights {info['fingerprint']})")
+        if diffs:
+            problem = "was made with other settings: " + "; ".join(diffs)
+    if problem is None:
+        n = sum(len(seeds) for tasks in old["runs"].values() for seeds in tasks.values())
+        print(f"resuming {out}: {n} finished run(s) there are kept and not run again", flush=True)
+        return old["runs"], old.get("model_info", {})
+    backup = out.with_name(out.name + ".bak")
+    os.replace(out, backup)
+    print(f"{out} {problem}: starting fresh (the old report is now {backup})", flush=True)
+    return {}, {}
+
+
+# --------------------------------------------------------------------------- aggregating
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return round(float(np.mean(values)), 3) if values else None
+
+
+def _std(values: Sequence[float]) -> float | None:
+    """Sample standard deviation (ddof=1); None below 2 values, where it is undefined."""
+    return round(float(np.std(values, ddof=1)), 3) if len(values) >= 2 else None
+
+
+def summarize(
+    runs: dict[str, Any], models: Sequence[str], tasks: Sequence[Task], seeds: Sequence[int]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Per model, task and metric: per-seed scores, mean, sample std (ddof=1) and n; and the
+    differences of every later model from the first.
+
+    Only finished runs count; an undefined score (None, e.g. Pearson of constant predictions)
+    is left out of the mean and std, so ``n`` says how many values went in.
+    """
+    summary: dict[str, Any] = {}
+    for name in models:
+        for task in tasks:
+            done = runs.get(name, {}).get(task.name, {})
+            for metric in task.metrics:
+                per_seed = {str(s): done[str(s)]["scores"].get(metric) for s in seeds if str(s) in done}
+                values = [v for v in per_seed.values() if v is not None]
+                summary.setdefault(name, {}).setdefault(task.name, {})[metric] = {
+                    "per_seed": per_seed, "mean": _mean(values), "std": _std(values), "n": len(values),
+                }
+    differences: dict[str, Any] = {}
+    base = models[0] if models else None
+    for name in models[1:]:
+        for task in tasks:
+            for metric in task.metrics:
+                a, b = summary[base][task.name][metric], summary[name][task.name][metric]
+                paired = [b["per_seed"][s] - a["per_seed"][s] for s in b["per_seed"]
+                          if a["per_seed"].get(s) is not None and b["per_seed"][s] is not None]
+                diff = None if a["mean"] is None or b["mean"] is None else round(b["mean"] - a["mean"], 3)
+                differences.setdefault(name, {}).setdefault(task.name, {})[metric] = {
+                    "diff": diff, "diff_std": _std(paired), "n_pairs": len(paired),
+                }
+    return summary, differences
+
+
+def estimate_seconds_left(
+    done: Sequence[tuple[str, float]], pending: Sequence[str], work: dict[str, float]
+) -> float | None:
+    """Seconds the ``pending`` runs (their task names) should take, from the ``done`` ones.
+
+    A task with finished runs costs their mean time; another costs its ``work`` (text volume
+    x passes) at the seconds-per-work rate of all finished runs. None before any run finished.
+    """
+    if not done:
+        return None
+    by_task: dict[str, list[float]] = {}
+    for name, sec in done:
+        by_task.setdefault(name, []).append(sec)
+    rate = sum(sec for _, sec in done) / max(sum(work[name] for name, _ in done), 1e-9)
+    return sum(float(np.mean(by_task[t])) if t in by_task else rate * work[t] for t in pending)
+
+
+# The fixed cost of one optimizer step (AdamW over every weight, embeddings included, and the
+# Trainer's bookkeeping) in "characters of training text" (see task_work): on CPU with a 4-layer,
+# 256-wide BERT (16k vocab) a step cost 134 ms + 0.2 ms per token, i.e. ~680 tokens ~ 2,600
+# characters. Without it, a task of short rows (CoLA) was estimated at half its time.
+STEP_CHARS = 2600
+
+
+def task_work(data: TaskData, mode: str, epochs: float, batch_size: int = 32) -> float:
+    """Relative cost of one run: characters forwarded, a training pass counting 3 forwards
+    (forward + backward), plus each optimizer step's fixed cost (STEP_CHARS)."""
+    train = sum(len(t) for row in data.train.texts for t in row)
+    evaluate = sum(len(t) for row in data.eval.texts for t in row)
+    if mode == "probe":
+        return float(train + evaluate)
+    steps = math.ceil(epochs * math.ceil(len(data.train) / batch_size))
+    return float(3 * (epochs * train + steps * STEP_CHARS) + evaluate)
+
+
+# --------------------------------------------------------------------------- printing, plotting
 
 
 def _fmt(value: float | None) -> str:
     return "nan" if value is None else f"{value:.2f}"
 
 
+def _mean_std(entry: dict[str, Any]) -> str:
+    if entry["mean"] is None:
+        return "nan"
+    return _fmt(entry["mean"]) if entry["std"] is None else f"{entry['mean']:.2f} ± {entry['std']:.2f}"
+
+
+def _signed(value: float | None) -> str:
+    return "" if value is None else f"{value:+.2f}"
+
+
 def print_table(report: dict[str, Any], tasks: Sequence[Task]) -> None:
-    """One row per task, then the protocol lines."""
-    print(f"{'task':<7} {'metrics (x100)':<34} {'train':>7} {'eval':>6} {'seconds':>8}")
+    """Per task, metric and model: per-seed scores, mean ± sample std, difference from the first model;
+    then a markdown table of the means and the protocol lines."""
+    models, seeds = report["models"], report["seeds"]
+    summary, differences = report["summary"], report["differences"]
+    width = max(5, *(len(m) for m in models))
+    per_seed_head = "seed " + " / ".join(map(str, seeds))
+    cells = {}
     for t in tasks:
-        d = report["details"][t.name]
-        values = ", ".join(f"{METRIC_LABELS[m]} {_fmt(report[t.name].get(m))}" for m in t.metrics)
-        print(f"{t.display:<7} {values:<34} {d['n_train']:>7} {d['n_eval']:>6} {report['seconds'][t.name]:>8.1f}")
+        for m in t.metrics:
+            for name in models:
+                e = summary[name][t.name][m]
+                cells[t.name, m, name] = " / ".join(_fmt(e["per_seed"].get(str(s))) if str(s) in e["per_seed"]
+                                                    else "-" for s in seeds)
+    seed_width = max(len(per_seed_head), *(len(c) for c in cells.values())) if cells else len(per_seed_head)
+    delta = f"diff vs {models[0]}" if len(models) > 1 else ""
+    print(f"{'task':<7} {'metric':<14} {'model':<{width}} {per_seed_head:<{seed_width}} {'mean ± std':>15} {delta}")
+    for t in tasks:
+        for m in t.metrics:
+            for name in models:
+                e = summary[name][t.name][m]
+                d = differences.get(name, {}).get(t.name, {}).get(m)
+                dtext = "" if d is None else _signed(d["diff"]) + (f" (paired std {d['diff_std']:.2f})"
+                                                                   if d["diff_std"] is not None else "")
+                print(f"{t.display:<7} {METRIC_LABELS[m]:<14} {name:<{width}} {cells[t.name, m, name]:<{seed_width}} "
+                      f"{_mean_std(e):>15} {dtext}")
+    print(f"({'std: sample standard deviation over seeds, ddof=1' if len(seeds) > 1 else 'one seed: no std'})")
+    print("markdown:")
+    print(markdown_table(report, tasks))
     print("protocol:")
     for t in tasks:
-        print(f"  {report['protocol'][t.name]}")
+        if t.name in report["protocol"]:
+            print(f"  {report['protocol'][t.name]}")
+
+
+def markdown_table(report: dict[str, Any], tasks: Sequence[Task]) -> str:
+    """Models as rows, task metrics as columns, "mean ± std" cells; a diff row per later model."""
+    models, summary, differences = report["models"], report["summary"], report["differences"]
+    cols = [(t, m) for t in tasks for m in t.metrics]
+    lines = [
+        "| model | " + " | ".join(f"{t.display} {METRIC_LABELS[m]}" for t, m in cols) + " |",
+        "|---|" + "---:|" * len(cols),
+    ]
+    for name in models:
+        lines.append(f"| {name} | " + " | ".join(_mean_std(summary[name][t.name][m]) for t, m in cols) + " |")
+    for name in models[1:]:
+        lines.append(f"| {name} − {models[0]} | "
+                     + " | ".join(_signed(differences[name][t.name][m]["diff"]) for t, m in cols) + " |")
+    return "\n".join(lines)
 
 
 def write_plot(report: dict[str, Any], tasks: Sequence[Task], png: Path) -> None:
-    """Bar chart: every metric of every task, x100."""
+    """Grouped bars: every metric of every task (x100), one bar per model at its mean over
+    seeds, error bars one sample std (ddof=1) where there are 2+ seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels, values = [], []
-    for t in tasks:
-        for m in t.metrics:  # the task's order: a report read back from JSON has sorted keys
-            v = report[t.name].get(m)
-            labels.append(f"{t.display}\n{METRIC_LABELS[m]}")
-            values.append(math.nan if v is None else v)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(labels)), 4))
-    bars = ax.bar(range(len(values)), values, color="tab:blue")
-    ax.bar_label(bars, fmt="%.1f", fontsize=8)
-    ax.set_xticks(range(len(values)), labels, fontsize=8)
+    models, summary = report["models"], report["summary"]
+    cols = [(t, m) for t in tasks for m in t.metrics]  # the task's order: JSON keys come back sorted
+    n = len(models)
+    width = 0.8 / n
+    fig, ax = plt.subplots(figsize=(max(6.0, (0.6 + 0.35 * n) * len(cols)), 4.2))
+    lowest, highest = 0.0, 100.0
+    for i, name in enumerate(models):
+        entries = [summary[name][t.name][m] for t, m in cols]
+        means = [math.nan if e["mean"] is None else e["mean"] for e in entries]
+        stds = [0.0 if e["std"] is None else e["std"] for e in entries]
+        x = [j + (i - (n - 1) / 2) * width for j in range(len(cols))]
+        has_err = any(e["std"] is not None for e in entries)
+        ax.bar(x, means, width, yerr=stds if has_err else None, capsize=3 if has_err else 0,
+               label=name, color=f"C{i}")
+        for xi, mean, std in zip(x, means, stds):
+            # Above the error bar (below it for a negative score), so the two never overlap.
+            if math.isnan(mean):
+                ax.text(xi, 1, "n/a", ha="center", va="bottom", fontsize=7)
+                continue
+            y = mean + std + 1 if mean >= 0 else mean - std - 1
+            ax.text(xi, y, f"{mean:.1f}", ha="center", va="bottom" if mean >= 0 else "top", fontsize=7)
+            if mean >= 0:
+                highest = max(highest, y + 6)
+            else:
+                lowest = min(lowest, y - 6)
+    ax.set_xticks(range(len(cols)), [f"{t.display}\n{METRIC_LABELS[m]}" for t, m in cols], fontsize=8)
     ax.set_ylabel("score x100")
-    ax.set_ylim(min(0.0, *(v for v in values if not math.isnan(v))) if values else 0.0, 100)
-    name = "/".join(Path(str(report["model"])).parts[-2:])  # packaged models end in a bare "model"
+    ax.set_ylim(lowest, highest)
+    ax.axhline(0, color="black", linewidth=0.5)
+    seeds = report["seeds"]
+    err = f"mean of seeds {', '.join(map(str, seeds))} ± sample std" if len(seeds) > 1 else f"seed {seeds[0]}"
     split = [t.display for t in tasks if t.split_from]
     note = f" ({', '.join(split)}: held-out 20% split)" if split else ""
-    ax.set_title(f"GLUE dev{note}, {report['mode']}: {name}", fontsize=10)
+    if n > 1:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        title = f"GLUE dev{note}, {report['mode']}: {err}"
+    else:
+        name = "/".join(Path(str(report["model"])).parts[-2:])  # packaged models end in a bare "model"
+        title = f"GLUE dev{note}, {report['mode']}: {name}" + (f" ({err})" if len(seeds) > 1 else "")
+    ax.set_title(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(png, dpi=120)
     plt.close(fig)
 
 
+# --------------------------------------------------------------------------- command line
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     p = argparse.ArgumentParser(prog="python -m benchmarks.glue", description=__doc__.split("\n")[0])
-    p.add_argument("model", help="model dir (textcl / sentence-transformers / HF) or hub name; probe mode also "
-                   "takes benchmarks.models specs (avg-word-vectors:PATH, random-init:PATH)")
+    p.add_argument("model", nargs="+", help="one or more models, each PATH or NAME=PATH: model dir (textcl / "
+                   "sentence-transformers / HF) or hub name; probe mode also takes benchmarks.models specs "
+                   "(avg-word-vectors:PATH, random-init:PATH). With 2+, differences are taken from the first")
     p.add_argument("--tasks", default="all", help=f"comma list of {','.join(TASKS)} (default: all)")
     add_data_dir_argument(p)
     p.add_argument("--mode", choices=["finetune", "probe"], default="finetune")
-    p.add_argument("--max-train-samples", type=int, default=None, help="seeded random subset of train per task")
+    p.add_argument("--max-train-samples", type=int, default=None, help="seeded random subset of train per task "
+                   "(drawn with each run's seed)")
     p.add_argument("--max-eval-samples", type=int, default=None, help="seeded random subset of eval per task")
-    p.add_argument("--epochs", type=float, default=3.0, help="finetune epochs (default 3)")
+    p.add_argument("--epochs", type=float, default=3.0, help="finetune epochs, fractions allowed (default 3)")
     p.add_argument("--lr", type=float, default=2e-5, help="finetune learning rate (default 2e-5)")
     p.add_argument("--batch-size", type=int, default=None, help="finetune batch (default 32); probe encode batch (64)")
     p.add_argument("--max-seq-length", type=int, default=128, help="finetune truncation (default 128); probe "
                    "uses the encoder's own")
-    p.add_argument("--seed", type=int, default=0, help="training seed: init, order, train subset, probe hold-out")
+    seed = p.add_mutually_exclusive_group()
+    seed.add_argument("--seed", type=int, default=None, help="one training seed (default 0): init, order, train "
+                      "subset, probe hold-out")
+    seed.add_argument("--seeds", default=None, help="several training seeds, e.g. 0,1,2: every model runs "
+                      "every task with each; tables give mean ± sample std")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the QQP/QNLI 80/20 split and of the eval "
                    "subset, kept apart from --seed so that runs with other seeds share one eval set")
     p.add_argument("--probe-c", type=float, default=None, help="fix the probe's C (Ridge alpha for STS-B) "
                    "instead of picking it on held-out train")
-    p.add_argument("--out", type=Path, default=None, help="write the JSON report here")
+    p.add_argument("--out", type=Path, default=None, help="write the JSON report here, after every run; an "
+                   "existing report made with the same settings is continued (finished runs are skipped)")
+    p.add_argument("--fresh", action="store_true", help="ignore an existing --out report (it is kept as OUT.bak)")
     p.add_argument("--plot", action="store_true", help="also write a PNG bar chart next to --out")
     return p
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Parse arguments, run the tasks, print the table; write JSON / PNG if asked."""
-    argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.plot and args.out is None:
         parser.error("--plot needs --out")
+    if args.fresh and args.out is None:
+        parser.error("--fresh needs --out")
     for name in ("max_train_samples", "max_eval_samples", "batch_size", "max_seq_length"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.epochs <= 0 or args.lr <= 0 or (args.probe_c is not None and args.probe_c <= 0):
+    if args.seed is not None and args.seed < 0:
+        parser.error("--seed must be >= 0")
+    if not (args.epochs > 0 and math.isfinite(args.epochs)) or args.lr <= 0 or (
+        args.probe_c is not None and args.probe_c <= 0
+    ):
         parser.error("--epochs, --lr and --probe-c must be > 0")
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Parse arguments, run every (model, task, seed), print the tables; write JSON / PNG if asked."""
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_args(parser, args)
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else [0 if args.seed is None else args.seed]
+    args.seed = seeds[0]  # what single-seed helpers (run_task, finetune_protocol) default to
+    models = parse_models(args.model)
+    names = [m.name for m in models]
     tasks = parse_tasks(args.tasks)
     data_dir = resolve_data_dir(args.data_dir)
     check_files(data_dir, tasks)
@@ -743,43 +1113,123 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     hf_logging.disable_progress_bar()
     env = environment(("scikit-learn", "scipy", "accelerate"))
     started = time.perf_counter()
-    seconds: dict[str, float] = {}
-    encoder: Encoder | None = None
-    ref: str | None = None
     t0 = time.perf_counter()
-    if args.mode == "probe":
-        encoder = load_encoder(args.model)
-        model_name = str(getattr(encoder, "name", args.model))
-    else:
-        ref = transformer_ref(args.model)
-        model_name = args.model
-    seconds["load_model"] = round(time.perf_counter() - t0, 2)
-    report: dict[str, Any] = {}
-    protocol: dict[str, str] = {}
-    details: dict[str, dict[str, Any]] = {}
-    for task in tasks:
-        t0 = time.perf_counter()
-        data = load_task(
+    # Before any run: a wrong path fails now, not after an hour of the first model's runs.
+    identity = {m.name: model_identity(args.mode, m) for m in models}
+    settings = settings_of(args)
+    runs: dict[str, Any] = {}
+    model_info: dict[str, Any] = {}
+    if args.out is not None:
+        runs, model_info = resume_state(args.out, settings, identity, args.fresh)
+    model_info.update(identity)
+    encoders: dict[str, Encoder] = {}
+    load_seconds = time.perf_counter() - t0
+
+    phrase = seeds_phrase(seeds)
+
+    def load(task: Task, seed: int) -> TaskData:
+        return load_task(
             data_dir, task, split_seed=args.split_seed, max_train=args.max_train_samples,
-            max_eval=args.max_eval_samples, seed=args.seed,
+            max_eval=args.max_eval_samples, seed=seed, seed_text=phrase if len(seeds) > 1 else None,
         )
-        print(f"{task.display}: {len(data.train)} train / {len(data.eval)} eval rows ({args.mode})", flush=True)
-        report[task.name], protocol[task.name], details[task.name] = run_task(args, data, encoder, ref)
-        seconds[task.name] = round(time.perf_counter() - t0, 2)
-    seconds["total"] = round(time.perf_counter() - started, 2)
+
+    # The first seed's data of every task up front: the time estimate needs every task's size.
+    first_data = {t.name: load(t, seeds[0]) for t in tasks}
+    work = {name: task_work(d, args.mode, args.epochs, args.batch_size or 32) for name, d in first_data.items()}
+    # Task outermost, model innermost: the models' runs with one seed sit side by side, so an
+    # interrupted comparison is still paired, and each task's first run times that task.
+    plan = [(t, s, m) for t in tasks for s in seeds for m in models]
+    todo = [(t, s, m) for t, s, m in plan if str(s) not in runs.get(m.name, {}).get(t.name, {})]
+    if len(todo) < len(plan):
+        print(f"{len(plan) - len(todo)} of {len(plan)} runs already in {args.out}: skipped", flush=True)
+    print(f"{len(todo)} run(s) to do: {len(models)} model(s) x {len(tasks)} task(s) x {len(seeds)} seed(s) "
+          f"({args.mode})", flush=True)
+    done_times: list[tuple[str, float]] = []
+
+    def build_report() -> dict[str, Any]:
+        summary, differences = summarize(runs, names, tasks, seeds)
+        first = names[0]
+        protocol, details = {}, {}
+        for t in tasks:
+            mine = [runs.get(n, {}).get(t.name, {}) for n in names]
+            finished = next((r for r in mine if r), None)
+            if finished is None:
+                continue
+            run = finished[min(finished, key=int)]
+            protocol[t.name] = task_protocol(args, first_data[t.name], run["details"], seeds)
+            own = runs.get(first, {}).get(t.name, {})
+            if own:
+                details[t.name] = own[min(own, key=int)]["details"]
+        seconds: dict[str, float] = {"load_model": round(load_seconds, 2)}
+        for t in tasks:
+            secs = [r["seconds"] for n in names for s, r in runs.get(n, {}).get(t.name, {}).items() if int(s) in seeds]
+            if secs:
+                seconds[t.name] = round(sum(secs), 2)
+        seconds["total"] = round(sum(v for k, v in seconds.items()), 2)
+        seconds["wall_this_invocation"] = round(time.perf_counter() - started, 2)
+        first_model = model_info[first]
+        label = str(getattr(encoders.get(first), "name", first)) if args.mode == "probe" else first
+        out: dict[str, Any] = {
+            # Single-run layout, kept for readers of the older reports: the first model's means.
+            **{t.name: {m: summary[first][t.name][m]["mean"] for m in t.metrics} for t in tasks
+               if runs.get(first, {}).get(t.name)},
+            "protocol": protocol,
+            "details": details,
+            "mode": args.mode,
+            "scale": "x100",
+            "model": label,
+            "model_path": first_model.get("ref"),
+            "command": "python -m benchmarks.glue " + shlex.join(argv),
+            "environment": env,
+            "seconds": seconds,
+            # Several models and seeds.
+            "models": names,
+            "model_info": model_info,
+            "seeds": seeds,
+            "tasks": [t.name for t in tasks],
+            "settings": settings,
+            "runs": runs,
+            "summary": summary,
+            "differences": differences,
+            "std_note": STD_NOTE,
+        }
+        return out
+
+    data_cache: dict[tuple[str, int], TaskData] = {}
+    for k, (task, seed, model) in enumerate(todo, 1):
+        t0 = time.perf_counter()
+        key = (task.name, seed)
+        if key not in data_cache:  # runs go task by task, seed by seed: keep one (task, seed) in memory
+            data_cache = {key: first_data[task.name] if seed == seeds[0] else load(task, seed)}
+        data = data_cache[key]
+        if args.mode == "probe" and model.name not in encoders:
+            t1 = time.perf_counter()
+            encoders[model.name] = load_encoder(model.spec)
+            load_seconds += time.perf_counter() - t1
+        encoder = encoders.get(model.name)
+        scores, details = run_task(args, data, encoder, model_info[model.name].get("ref"), seed)
+        sec = round(time.perf_counter() - t0, 2)
+        runs.setdefault(model.name, {}).setdefault(task.name, {})[str(seed)] = {
+            "scores": scores, "details": details, "seconds": sec,
+            "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),  # runs may span sessions
+        }
+        done_times.append((task.name, sec))
+        left = estimate_seconds_left(done_times, [t.name for t, _, _ in todo[k:]], work)
+        values = ", ".join(f"{METRIC_LABELS[m]} {_fmt(scores.get(m))}" for m in task.metrics)
+        eta = "" if left is None or k == len(todo) else (
+            f"; ~{_minutes(left)} left, ~{_minutes(time.perf_counter() - started + left)} in all")
+        print(f"[{k}/{len(todo)}] {model.name} {task.display} seed {seed} ({len(data.train)} train / "
+              f"{len(data.eval)} eval): {values} ({sec:.1f} s){eta}", flush=True)
+        if k == 1 and len(todo) > 1:
+            print("  (estimate: each task's runs take as long as its finished ones; a task not run yet is scaled "
+                  "from the others by its text volume x passes)", flush=True)
+        if args.out is not None:
+            write_report(args.out, build_report())
     env["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
-    report.update(
-        protocol=protocol,
-        details=details,
-        mode=args.mode,
-        scale="x100",
-        model=model_name,
-        model_path=ref,
-        command="python -m benchmarks.glue " + shlex.join(argv),
-        environment=env,
-        seconds=seconds,
-    )
-    print(f"model: {model_name}  mode: {args.mode}")
+    report = build_report()
+    where = ", ".join(f"{n} = {model_info[n]['spec']}" for n in names)
+    print(f"models: {where}  mode: {args.mode}  "
+          f"seeds: {', '.join(map(str, seeds))}")
     print_table(report, tasks)
     if args.out is not None:
         write_report(args.out, report)

@@ -251,3 +251,182 @@ def test_finetune_scores_predictions_against_their_own_labels(data_dir: Path, tm
     labels, preds, _ = glue.finetune(str(model_dir), data, epochs=4, lr=1e-3, batch_size=8)
     assert sorted(labels.tolist()) == sorted(data.eval.labels.tolist())
     assert glue.score(data.task, labels, preds)["accuracy"] >= 90.0
+
+
+# --------------------------------------------------------------------------- several models and seeds
+
+
+def test_summary_is_mean_and_sample_std_over_seeds() -> None:
+    def runs_of(values: dict[str, dict[str, float | None]]) -> dict:
+        return {seed: {"scores": scores} for seed, scores in values.items()}
+
+    runs = {
+        "start": {
+            "rte": runs_of({"0": {"accuracy": 50.0}, "1": {"accuracy": 60.0}, "2": {"accuracy": 70.0}}),
+            "stsb": runs_of({"0": {"pearson": 10.0, "spearmanr": None}, "1": {"pearson": 20.0, "spearmanr": 30.0}}),
+        },
+        "cert": {"rte": runs_of({"0": {"accuracy": 55.0}, "1": {"accuracy": 62.0}, "2": {"accuracy": 75.0},
+                                 "7": {"accuracy": 0.0}})},  # seed 7 is not asked for: left out
+    }
+    tasks = [glue.TASKS["rte"], glue.TASKS["stsb"]]
+    summary, diff = glue.summarize(runs, ["start", "cert"], tasks, [0, 1, 2])
+    # Sample std (ddof=1) of 50, 60, 70: sqrt((100 + 0 + 100) / 2) = 10 (the population std would be 8.165).
+    assert summary["start"]["rte"]["accuracy"] == {
+        "per_seed": {"0": 50.0, "1": 60.0, "2": 70.0}, "mean": 60.0, "std": 10.0, "n": 3,
+    }
+    # 55, 62, 75: mean 64, deviations -9, -2, 11 -> sqrt(206 / 2) = 10.149.
+    assert summary["cert"]["rte"]["accuracy"]["mean"] == 64.0
+    assert summary["cert"]["rte"]["accuracy"]["std"] == pytest.approx(math.sqrt(103), abs=1e-3)
+    # Paired differences 5, 2, 5: mean 4 (= 64 - 60), deviations 1, -2, 1 -> std sqrt(6 / 2).
+    assert diff["cert"]["rte"]["accuracy"] == {"diff": 4.0, "diff_std": pytest.approx(math.sqrt(3), abs=1e-3),
+                                               "n_pairs": 3}
+    # STS-B ran seeds 0 and 1 only: 10, 20 -> mean 15, std sqrt(50); an undefined Spearman is left out.
+    assert summary["start"]["stsb"]["pearson"]["mean"] == 15.0
+    assert summary["start"]["stsb"]["pearson"]["std"] == pytest.approx(math.sqrt(50), abs=1e-3)
+    assert summary["start"]["stsb"]["spearmanr"] == {
+        "per_seed": {"0": None, "1": 30.0}, "mean": 30.0, "std": None, "n": 1,
+    }
+    # cert has no STS-B run: no mean, and no difference.
+    assert summary["cert"]["stsb"]["pearson"]["n"] == 0
+    assert diff["cert"]["stsb"]["pearson"] == {"diff": None, "diff_std": None, "n_pairs": 0}
+
+
+def test_time_estimate_uses_task_times_then_text_volume() -> None:
+    assert glue.estimate_seconds_left([], ["rte"], {"rte": 1.0}) is None
+    # RTE runs took 10 s and 20 s (mean 15); CoLA has not run: 30 s per 200 work units x its 50.
+    left = glue.estimate_seconds_left([("rte", 10.0), ("rte", 20.0)], ["rte", "cola"], {"rte": 100.0, "cola": 50.0})
+    assert left == pytest.approx(15.0 + 7.5)
+    # Work of a run: 3 x (epochs x train characters + optimizer steps x STEP_CHARS) + eval characters.
+    labels = np.zeros(3, dtype=np.int64)
+    data = glue.TaskData(glue.TASKS["rte"], glue.Split([("ab", "cd")] * 3, labels), glue.Split([("x", "y")], labels[:1]))
+    # 3 rows in batches of 2: 2 steps per epoch, half an epoch = 1 step.
+    assert glue.task_work(data, "finetune", 0.5, batch_size=2) == 3 * (0.5 * 12 + 1 * glue.STEP_CHARS) + 2
+    assert glue.task_work(data, "probe", 0.5) == 12 + 2
+
+
+def test_model_names_and_seeds_parse(tmp_path: Path) -> None:
+    assert glue.parse_models(["start=runs/a", "runs/b"]) == [
+        glue.ModelSpec("start", "runs/a"), glue.ModelSpec("runs/b", "runs/b"),
+    ]
+    odd = tmp_path / "lr=1e-4"  # an existing path with "=" in it stays a path
+    odd.mkdir()
+    assert glue.parse_models([str(odd)])[0].name == str(odd)
+    with pytest.raises(SystemExit, match="given twice"):
+        glue.parse_models(["a=x", "a=y"])
+    assert glue.parse_seeds("0,1,2") == [0, 1, 2]
+    for bad in ("0,0", "a", "-1", ""):
+        with pytest.raises(SystemExit, match="--seeds"):
+            glue.parse_seeds(bad)
+
+
+def _fake_model(root: Path, name: str, weights: bytes = b"w") -> Path:
+    """A directory transformer_ref accepts (config.json) with a weight file to fingerprint."""
+    path = root / name
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text("{}")
+    (path / "model.safetensors").write_bytes(weights)
+    return path
+
+
+class FakeFinetune:
+    """Stands in for glue.finetune and counts its calls. Model "weak" always predicts 0 (50%
+    on the toy dev set); "strong" is right except on the first ``seed`` rows (100%, then 95%)."""
+
+    def __init__(self, crash_at: int | None = None) -> None:
+        self.calls: list[tuple[str, str, int]] = []
+        self.crash_at = crash_at
+
+    def __call__(self, ref: str, data: glue.TaskData, *, seed: int, **_: object) -> tuple:
+        self.calls.append((Path(ref).name, data.task.name, seed))
+        if len(self.calls) == self.crash_at:
+            raise RuntimeError("simulated crash")
+        y = data.eval.labels.copy()
+        if Path(ref).name == "weak":
+            preds = np.zeros_like(y)
+        else:
+            preds = y.copy()
+            preds[:seed] = 1 - preds[:seed]
+        details = {"max_seq_length": 16, "train_loss": 0.5, "steps": 2, "newly_initialized": [], "device": "cpu"}
+        return y, preds, details
+
+
+def test_two_models_resume_and_difference(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    weak, strong = _fake_model(tmp_path, "weak"), _fake_model(tmp_path, "strong")
+    out = tmp_path / "cmp.json"
+    out.write_text(json.dumps({"rte": {"accuracy": 1.0}, "model": "old"}))  # a single-run report: not resumable
+    common = ["--tasks", "rte", "--epochs", "1", "--data-dir", str(data_dir), "--out", str(out)]
+
+    # The baseline alone, one seed, as when the second model does not exist yet.
+    fake = FakeFinetune()
+    monkeypatch.setattr(glue, "finetune", fake)
+    glue.main([f"start={weak}", *common, "--seed", "0"])
+    assert "no per-run results" in capsys.readouterr().out and out.with_name("cmp.json.bak").exists()
+    assert fake.calls == [("weak", "rte", 0)]
+
+    # Both models, two seeds, crashing in the third run: the two runs before it are saved.
+    fake = FakeFinetune(crash_at=3)
+    monkeypatch.setattr(glue, "finetune", fake)
+    argv = [f"start={weak}", f"cert={strong}", *common, "--seeds", "0,1", "--plot"]
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        glue.main(argv)
+    assert fake.calls == [("strong", "rte", 0), ("weak", "rte", 1), ("strong", "rte", 1)]
+    saved = json.loads(out.read_text())["runs"]
+    assert (set(saved["start"]["rte"]), set(saved["cert"]["rte"])) == ({"0", "1"}, {"0"})
+    capsys.readouterr()
+
+    # The restart runs only the crashed run; one more runs nothing.
+    fake = FakeFinetune()
+    monkeypatch.setattr(glue, "finetune", fake)
+    glue.main(argv)
+    assert fake.calls == [("strong", "rte", 1)]
+    report = glue.main(argv)
+    assert fake.calls == [("strong", "rte", 1)]
+    printed = capsys.readouterr().out
+    assert "4 of 4 runs already in" in printed
+    # weak: 50, 50 -> 50 ± 0; strong: 100, 95 -> 97.5 ± sqrt(12.5); paired diffs 50, 45.
+    assert report["summary"]["start"]["rte"]["accuracy"] == {
+        "per_seed": {"0": 50.0, "1": 50.0}, "mean": 50.0, "std": 0.0, "n": 2,
+    }
+    assert report["summary"]["cert"]["rte"]["accuracy"]["std"] == pytest.approx(math.sqrt(12.5), abs=1e-3)
+    assert report["differences"]["cert"]["rte"]["accuracy"] == {
+        "diff": 47.5, "diff_std": pytest.approx(math.sqrt(12.5), abs=1e-3), "n_pairs": 2,
+    }
+    assert "diff vs start" in printed and "97.50 ± 3.54 +47.50" in printed
+    assert "100.00 / 95.00" in printed and "ddof=1" in printed
+    assert "| cert − start | +47.50 |" in printed
+    # The single-run fields still hold: the first model's mean, details of its first seed.
+    assert report["rte"] == {"accuracy": 50.0} and report["model"] == "start"
+    assert report["details"]["rte"]["n_eval"] == 20 and "seeds 0, 1" in report["protocol"]["rte"]
+    assert out.with_suffix(".png").stat().st_size > 0
+
+    # Other settings start fresh, and so do retrained weights at the same path.
+    fake = FakeFinetune()
+    monkeypatch.setattr(glue, "finetune", fake)
+    glue.main([*argv, "--epochs", "2"])
+    assert "epochs 1.0 there, 2.0 now" in capsys.readouterr().out and len(fake.calls) == 4
+    (strong / "model.safetensors").write_bytes(b"retrained")
+    fake = FakeFinetune()
+    monkeypatch.setattr(glue, "finetune", fake)
+    glue.main([*argv, "--epochs", "2"])
+    assert "model 'cert' was" in capsys.readouterr().out and len(fake.calls) == 4
+    fake = FakeFinetune()
+    monkeypatch.setattr(glue, "finetune", fake)
+    glue.main([*argv, "--epochs", "2", "--fresh"])
+    assert "--fresh given" in capsys.readouterr().out and len(fake.calls) == 4
+
+
+def test_finetune_fractional_epochs_two_seeds(data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from tests._tiny import tiny_encoder
+
+    model_dir = tmp_path / "tiny-model"
+    tiny_encoder(tmp_path).save(model_dir)
+    report = glue.main([str(model_dir), "--tasks", "rte", "--data-dir", str(data_dir), "--epochs", "0.5",
+                        "--batch-size", "8", "--lr", "1e-3", "--seeds", "3,4"])
+    runs = report["runs"][str(model_dir)]["rte"]
+    # 40 rows / batch 8 = 5 steps per epoch; half an epoch is ceil(2.5) = 3 steps.
+    assert [runs[s]["details"]["steps"] for s in ("3", "4")] == [3, 3]
+    assert "0.5 epochs (3 optimizer steps)" in report["protocol"]["rte"]
+    printed = capsys.readouterr().out
+    assert "[1/2]" in printed and "left, ~" in printed and "[2/2]" in printed
