@@ -1,31 +1,48 @@
-"""Speed of textcl against sentence-transformers (ST): same model, same texts, one run.
+"""Speed of textcl against its peers: one run, one table, every ratio measured in that run.
 
-    python -m benchmarks.speed encode|train|gradcache|all-text [--model PATH] [--texts FILE]
-        [--data-dir DIR] [--n N] [--steps S] [--batch-size B] [--rounds R]
-        [--mini-batch-size M] [--gradcache-steps G] [--threads T] [--out F.json] [--plot]
+    python -m benchmarks.speed SECTION [SECTION ...] [--skip SECTION] [--threads T]
+        [--out F.json] [--plot] [section options, see --help]
+
+SECTION: ``encode``, ``train``, ``gradcache``, ``sgns``, ``vision``; ``all`` = every section,
+``all-text`` = the first three. ``python -m benchmarks.speed all --out
+benchmarks/results/speed.json --plot`` takes about 15 minutes on 2 idle cores.
 
 * ``encode``: ``textcl.Embedder.encode`` vs ``SentenceTransformer.encode`` on N texts
   (default 2000, batch 64): sentences/s of each, the ratio, and the largest difference
   between the two outputs. Both are warmed up first; rounds alternate, medians are reported.
-* ``train``: S steps (default 20, batch 32) of in-batch InfoNCE on (anchor, positive)
+* ``train``: S steps (default 10, batch 32) of in-batch InfoNCE on (anchor, positive)
   pairs of consecutive sentences. textcl: ``TextEncoder`` + ``info_nce(temperature=0.05)``,
   each side in length-bucketed chunks as text objectives run on CPU; ST:
   ``MultipleNegativesRankingLoss(scale=20)`` with ``model.preprocess``. Same weights, same
   batches, same AdamW; a dropout-free warm-up step checks that the losses agree.
-* ``gradcache``: G steps (default 2) of batch 1024 in mini-batches of M = 32 rows:
+* ``gradcache``: G steps (default 1) of batch 1024 in mini-batches of M = 32 rows:
   textcl's ``GradCache`` (``textcl.core.gradcache``, as ``train.mini_batch_size`` runs it,
   each side in length-bucketed chunks) vs ST's ``CachedMultipleNegativesRankingLoss``
   (``mini_batch_size=M``). Examples/s and peak memory: every round of each library runs in
   a fresh process, which first takes one small warm-up step (optimizer state, kernels); its
   resident-memory high-water mark (Linux ``VmHWM``, reset just before the timed steps) minus
-  its resident memory before them is the steps' peak memory. Round 0 (dropout off, one step
-  from the fresh weights) checks that the two losses agree.
-* ``all-text``: all three, into one JSON.
+  its resident memory before them is the steps' peak memory. A check round (dropout off, one
+  step of the first ``--gradcache-check-pairs`` pairs from the fresh weights, same
+  mini-batches) checks that the two losses agree.
+* ``sgns``: skip-gram with negative sampling, textcl (recipe path, numba kernel) vs gensim
+  ``Word2Vec(sg=1)``, same tokenised corpus, settings and threads (``benchmarks.sgns_speed``'s
+  functions; that module also measures quality and the full corpus): words/s = corpus words x
+  epochs / training seconds; the first ``--sgns-max-sentences`` sentences of
+  ``$TEXTCL_DATA/corpora/gutenberg_sentences.txt.gz``.
+* ``vision``: images/s of a training step of each image method (simclr, npid, pirl, moco,
+  swav) through the shared ``Trainer`` on its CPU recipe (``recipes/vision/<m>_cifar10_cpu.yaml``:
+  quarter-width ResNet, batch 256, CIFAR-10; synthetic 32x32 images if the data directory
+  has no ``vision/cifar10.npz``): ``--vision-steps`` steps timed after ``--vision-warmup``
+  warm-up steps, from the end of the last warm-up step to the end of the last step (data,
+  forward, backward, optimizer, method hooks). NPID / PIRL start from a random memory bank
+  (``bank_init: random``): the recipes' one-off feature pass before step 1 is not a step.
+  No peer library is measured for these.
 
 Texts: ``--texts`` (one per line, ``.gz`` allowed), else the first lines of
 ``$TEXTCL_DATA/corpora/gutenberg_sentences.txt.gz``, else sentences cut from the packaged
 ``gutenberg_sample.jsonl.gz``. Everything runs on CPU with ``torch.get_num_threads()``
-threads (``--threads`` sets it): on few shared cores more threads can be slower.
+threads (``--threads`` sets it; on few shared cores more threads can be slower); SGNS uses
+``--sgns-threads`` worker threads in both libraries.
 """
 
 from __future__ import annotations
@@ -54,6 +71,18 @@ LEARNING_RATE = 2e-5
 SEED = 0
 CORPUS = "corpora/gutenberg_sentences.txt.gz"
 DEFAULTS = {"encode": {"batch_size": 64}, "train": {"batch_size": 32}, "gradcache": {"batch_size": 1024}}
+SECTIONS = ("encode", "train", "gradcache", "sgns", "vision")
+ALIASES = {"all": SECTIONS, "all-text": ("encode", "train", "gradcache")}
+#: The peer each section's ratio is taken against (None: no peer measured).
+PEERS: dict[str, str | None] = {
+    "encode": ST, "train": ST, "gradcache": ST, "sgns": "gensim", "vision": None,
+}
+#: The issue's speed targets (ratio textcl / peer).
+TARGETS = {"encode": 1.3, "train": 1.1, "gradcache": 1.0}
+NO_PEER = (
+    "no peer measured: no common library trains these methods on the same backbone, "
+    "augmentations and data pipeline"
+)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'“‘(A-Z])")
 
 Step = Callable[[list[str], list[str]], float]
@@ -113,8 +142,8 @@ def load_texts(
 # --------------------------------------------------------------------------- benchmarks
 
 
-def _summary(unit: str, count: int, seconds: dict[str, list[float]]) -> dict[str, Any]:
-    """Per-library round times, median throughput, and the textcl / ST ratio."""
+def _summary(unit: str, count: int, seconds: dict[str, list[float]], peer: str = ST) -> dict[str, Any]:
+    """Per-library round times, median throughput, and the textcl / ``peer`` ratio."""
     libs = {
         name: {
             "seconds": times,
@@ -127,7 +156,8 @@ def _summary(unit: str, count: int, seconds: dict[str, list[float]]) -> dict[str
         "unit": unit,
         "count": count,
         "libraries": libs,
-        "ratio": libs["textcl"][unit] / libs[ST][unit],
+        "peer": peer,
+        "ratio": libs["textcl"][unit] / libs[peer][unit],
     }
 
 
@@ -353,13 +383,15 @@ def _in_fresh_process(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str
 
 def bench_gradcache(
     model: str, texts: list[str], batch_size: int = 1024, mini_batch_size: int = 32,
-    steps: int = 2, rounds: int = 3,
+    steps: int = 1, rounds: int = 2, check_pairs: int | None = 128,
 ) -> dict[str, Any]:
     """Examples/s and peak memory of GradCache steps: textcl vs ST's cached MNRL.
 
     Each library and round runs in a fresh process (see the module docstring); rounds
-    alternate between the libraries, medians are reported. Round 0: one step with dropout
-    off, whose losses must agree.
+    alternate between the libraries, medians are reported. The check round: one step with
+    dropout off on the first ``check_pairs`` pairs (``None``: the whole first batch), in the
+    same mini-batches, whose losses must agree -- the loss does not depend on the batch
+    size, so a small check batch costs seconds instead of minutes.
     """
     need = 2 * batch_size * steps
     if len(texts) < need:
@@ -369,6 +401,8 @@ def bench_gradcache(
         (anchors[i : i + batch_size], positives[i : i + batch_size])
         for i in range(0, need // 2, batch_size)
     ]
+    n_check = min(check_pairs or batch_size, batch_size)
+    check = [(batches[0][0][:n_check], batches[0][1][:n_check])]
     libs = ["textcl", ST]
     threads = torch.get_num_threads()
     seconds: dict[str, list[float]] = {name: [] for name in libs}
@@ -378,7 +412,7 @@ def bench_gradcache(
     for r in range(rounds + 1):
         for name in libs:
             res = _in_fresh_process(
-                _cached_round, name, model, batches if r else batches[:1], mini_batch_size, r > 0, threads
+                _cached_round, name, model, batches if r else check, mini_batch_size, r > 0, threads
             )
             if r:
                 seconds[name].append(res["seconds"])
@@ -395,7 +429,7 @@ def bench_gradcache(
     )
     result.update(
         batch_size=batch_size, mini_batch_size=mini_batch_size, steps=steps, rounds=rounds,
-        lr=LEARNING_RATE, temperature=TEMPERATURE,
+        check_pairs=n_check, lr=LEARNING_RATE, temperature=TEMPERATURE,
         memory="peak resident memory of the steps above the process's resident memory before them (MiB)",
     )
     result.update(first_step_loss=first, last_step_loss=last)
@@ -403,126 +437,359 @@ def bench_gradcache(
     return result
 
 
+# --------------------------------------------------------------------------- SGNS vs gensim
+
+
+def sgns_corpus(corpus: str | None, data_dir: str | None) -> str:
+    """The SGNS corpus: ``corpus``, else ``DATA/corpora/gutenberg_sentences.txt.gz``."""
+    if corpus:
+        if not Path(corpus).is_file():
+            raise SystemExit(f"error: --sgns-corpus {corpus}: file not found")
+        return corpus
+    if data_dir and (Path(data_dir) / CORPUS).is_file():
+        return str(Path(data_dir) / CORPUS)
+    raise SystemExit(
+        f"error: the sgns section needs a corpus: pass --sgns-corpus FILE (one sentence per line) or "
+        f"--data-dir DIR holding {CORPUS} (or set TEXTCL_DATA); or leave the section out (--skip sgns)"
+    )
+
+
+def bench_sgns(
+    corpus_path: str, max_sentences: int | None = 100_000, epochs: int = 5, threads: int = 2,
+    rounds: int = 3, min_count: int = 5, seed: int = 1,
+) -> dict[str, Any]:
+    """Words/s of textcl's SGNS and gensim ``Word2Vec(sg=1)`` (``benchmarks.sgns_speed``'s
+    training functions and settings: dim 100, window 5, 5 negatives, sample 1e-4, a-z words).
+
+    One untimed textcl warm-up compiles the kernel; rounds alternate which library goes
+    first; the medians and their ratio are reported.
+    """
+    import tempfile
+    from argparse import Namespace
+
+    from benchmarks import sgns_speed
+    from textcl.corpus import iter_sentences, load_corpus
+
+    settings = {"dim": 100, "window": 5, "negative": 5, "sample": 1e-4, "min_count": min_count,
+                "normalize": "a-z", "max_sentences": max_sentences, "epochs": epochs, "threads": threads}
+    args = Namespace(**settings)
+    sentences = list(iter_sentences(corpus_path, "a-z", max_sentences=max_sentences))
+    corpus = load_corpus(corpus_path, normalize="a-z", min_count=min_count, max_sentences=max_sentences)
+    words = corpus.raw_words
+    seconds: dict[str, list[float]] = {"textcl": [], "gensim": []}
+    vocab: dict[str, int] = {}
+    torch_threads = torch.get_num_threads()  # SGNS sets torch's threads to its own count
+    with tempfile.TemporaryDirectory(prefix="speed_sgns_") as tmp:
+        warm = Namespace(**{**settings, "epochs": 1})
+        sgns_speed._train_textcl(sgns_speed._recipe(warm, corpus_path, Path(tmp), seed), sgns_speed._head(corpus))
+        for r in range(rounds):
+            for name in (["gensim", "textcl"] if r % 2 == 0 else ["textcl", "gensim"]):
+                if name == "gensim":
+                    info, _ = sgns_speed._train_gensim(args, sentences, seed + r)
+                    if info["corpus_words"] != words:  # both must count the same words
+                        raise RuntimeError(f"gensim counted {info['corpus_words']} words, textcl {words}")
+                else:
+                    info, _ = sgns_speed._train_textcl(sgns_speed._recipe(args, corpus_path, Path(tmp), seed + r), corpus)
+                seconds[name].append(info["train_s"])
+                vocab[name] = info["vocabulary"]
+    torch.set_num_threads(torch_threads)
+    result = _summary("words/s", words * epochs, seconds, peer="gensim")
+    result.update(
+        corpus=corpus_path, words=words, sentences=corpus.raw_sentences, max_sentences=max_sentences,
+        vocabulary=vocab, rounds=rounds, **{k: settings[k] for k in ("epochs", "threads", "dim", "window",
+                                                                    "negative", "sample", "min_count")},
+    )
+    return result
+
+
+# --------------------------------------------------------------------------- vision
+
+
+class _StepClock:
+    """Trainer callback: the time at the end of every step; stops the run after ``stop`` steps."""
+
+    class Done(Exception):
+        pass
+
+    def __init__(self, stop: int):
+        self.stop = stop
+        self.times: list[float] = []
+
+    def on_step_end(self, trainer: Any) -> None:
+        self.times.append(time.perf_counter())
+        if trainer.state.step >= self.stop:
+            raise self.Done
+
+
+def bench_vision(
+    methods: list[str] | tuple[str, ...] = ("simclr", "npid", "pirl", "moco", "swav"),
+    steps: int = 5, warmup: int = 2, batch_size: int | None = None, data_dir: str | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """Images/s of each method's training step through the shared ``Trainer`` on its CPU
+    recipe (see the module docstring); ``overrides`` are ``--set`` items for every recipe."""
+    import tempfile
+
+    from accelerate.utils import set_seed
+
+    from benchmarks.vision import CIFAR, recipe_path
+    from textcl.core.method import get_method_class
+    from textcl.core.recipe import load_recipe
+    from textcl.core.trainer import Trainer
+
+    if steps < 1 or warmup < 1:
+        raise ValueError(f"need >= 1 warm-up and >= 1 timed step, got warmup={warmup}, steps={steps}")
+    cifar = Path(data_dir) / CIFAR if data_dir else None
+    if cifar is not None and cifar.is_file():
+        data, source = [f"data.path={cifar}"], str(cifar)
+    else:  # same shapes as CIFAR-10, so the same step cost
+        data = ["data.source=synthetic", "data.path=null", "data.image_size=32", "data.synthetic_train=4096",
+                "data.synthetic_test=512", "data.synthetic_classes=10"]
+        source = "synthetic 32x32 images (no vision/cifar10.npz in the data directory)"
+    out: dict[str, Any] = {}
+    for name in methods:
+        with tempfile.TemporaryDirectory(prefix=f"speed_{name}_") as tmp:
+            sets = [f"output_dir={tmp}", *data, "train.save_every_n_steps=null", "train.compile=false"]
+            if name in ("npid", "pirl"):
+                sets.append("objective.bank_init=random")
+            if batch_size:
+                sets.append(f"train.batch_size={batch_size}")
+            recipe = load_recipe(recipe_path(name), [*sets, *overrides])
+            set_seed(recipe.seed)
+            method = get_method_class(name).from_recipe(recipe)
+            clock = _StepClock(warmup + steps)
+            trainer = Trainer(method, recipe.train, tmp, seed=recipe.seed, callbacks=[clock])
+            try:
+                trainer.fit()
+            except _StepClock.Done:
+                pass
+            if len(clock.times) < warmup + steps:
+                raise RuntimeError(f"vision {name}: training stopped after {len(clock.times)} steps")
+            b = recipe.train.batch_size
+            timed = clock.times[warmup - 1 :]
+            step_s = [t1 - t0 for t0, t1 in zip(timed, timed[1:])]
+            out[name] = {
+                "images/s": b * steps / (timed[-1] - timed[0]),
+                "seconds": step_s,
+                "median_s": statistics.median(step_s),
+                "batch_size": b,
+                "recipe": str(recipe_path(name).relative_to(recipe_path(name).parents[2])),
+                "backbone": f"{recipe.config.model.arch} width {recipe.config.model.width}",
+            }
+    return {
+        "unit": "images/s", "methods": out, "peer": None, "note": NO_PEER, "data": source,
+        "steps": steps, "warmup": warmup, "overrides": list(overrides),
+    }
+
+
 # --------------------------------------------------------------------------- reporting
 
 
-def print_report(results: dict[str, dict[str, Any]], env: dict[str, Any]) -> None:
-    """Environment lines, then one table row per benchmark and library."""
-    load = " -> ".join(f"{x[0]:.2f}" for x in (env["load_average"], env["load_average_end"]) if x)
-    print(f"threads: {env['torch_threads']}  cpu: {env['cpu_model']} ({env['usable_cpus']} usable)")
-    print(f"1-min load average (start -> end): {load}")
-    print("versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()))
-    print(f"{'benchmark':<10} {'library':<22} {'throughput':>22} {'median s':>9}  rounds (s)")
-    targets = {"encode": 1.3, "train": 1.1, "gradcache": 1.0}
-    for bench, res in results.items():
+def _fmt(value: float) -> str:
+    return f"{value:,.0f}" if value >= 1000 else f"{value:.1f}"
+
+
+def _section_order(section: str) -> int:
+    return SECTIONS.index(section) if section in SECTIONS else len(SECTIONS)
+
+
+def table_rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, ...]]:
+    """(section, what, textcl throughput, peer, peer throughput, ratio, target) rows."""
+    rows = []
+    for section, res in sorted(results.items(), key=lambda kv: _section_order(kv[0])):
         unit = res["unit"]
-        for lib, r in res["libraries"].items():
-            rounds = " ".join(f"{s:.2f}" for s in r["seconds"])
-            print(
-                f"{bench:<10} {lib:<22} {r[unit]:>10.1f} {unit:<11} {r['median_s']:>9.2f}  {rounds}"
-            )
-        verdict = "ok" if res["ratio"] >= targets[bench] else "below target"
-        print(
-            f"{bench:<10} {'ratio textcl / ST':<22} {res['ratio']:>10.2f}x  (target >= {targets[bench]}x: {verdict})"
-        )
-        if bench == "encode":
-            print(f"{'':<10} max |textcl - ST| over the outputs: {res['max_abs_diff']:.2e}")
-        else:
-            if bench == "gradcache":
-                mem = ", ".join(f"{lib} {r['median_peak_mb']:.0f} MiB" for lib, r in res["libraries"].items())
-                print(
-                    f"{'':<10} batch {res['batch_size']} in mini-batches of {res['mini_batch_size']}; "
-                    f"step peak memory: {mem} (textcl / ST = {res['memory_ratio']:.2f})"
-                )
+        if res.get("peer") is None:  # vision: one row per method, no ratio
+            for i, (name, r) in enumerate(res["methods"].items()):
+                rows.append((section, f"textcl {name}", f"{_fmt(r[unit])} {unit}",
+                             "none (no peer measured)" if i == 0 else "", "-", "-", ""))
+            continue
+        peer = res["peer"]
+        ours, theirs = res["libraries"]["textcl"][unit], res["libraries"][peer][unit]
+        target = TARGETS.get(section)
+        verdict = "" if target is None else f">= {target}x: " + ("ok" if res["ratio"] >= target else "below")
+        rows.append((section, "textcl", f"{_fmt(ours)} {unit}", peer, f"{_fmt(theirs)} {unit}",
+                     f"{res['ratio']:.2f}x", verdict))
+    return rows
+
+
+def print_report(results: dict[str, dict[str, Any]], env: dict[str, Any]) -> None:
+    """Environment lines, one table (a row per section; vision: a row per method), details."""
+    load = " -> ".join(f"{x[0]:.2f}" for x in (env["load_average"], env.get("load_average_end")) if x)
+    print(f"\ntorch threads: {env['torch_threads']}  cpu: {env['cpu_model']} ({env['usable_cpus']} usable)")
+    print(f"1-min load average (start -> end): {load}")
+    print("versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v))
+    header = ("section", "library / method", "textcl", "peer", "peer", "textcl/peer", "target")
+    rows = [header, *table_rows(results)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    for j, row in enumerate(rows):
+        print("  ".join(c.rjust(w) if i in (2, 4, 5) else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        if j == 0:
+            print("  ".join("-" * w for w in widths))
+    print()
+    for section, res in sorted(results.items(), key=lambda kv: _section_order(kv[0])):
+        if section == "encode":
+            print(f"encode: {res['count']} texts, batch {res['batch_size']}, median of {res['rounds']} rounds; "
+                  f"max |textcl - ST| over the outputs {res['max_abs_diff']:.2e}")
+        elif section in ("train", "gradcache"):
             first = res["first_step_loss"]
-            print(
-                f"{'':<10} first-step loss (dropout off): textcl {first['textcl']:.6f}, ST {first[ST]:.6f} "
-                f"(|diff| {res['first_step_loss_diff']:.2e})"
-            )
+            line = (f"{section}: batch {res['batch_size']}, {res['steps']} step(s) per round, median of "
+                    f"{res['rounds']} rounds; first-step loss (dropout off): textcl {first['textcl']:.6f}, "
+                    f"ST {first[ST]:.6f} (|diff| {res['first_step_loss_diff']:.2e})")
+            if section == "gradcache":
+                mem = ", ".join(f"{lib} {r['median_peak_mb']:.0f} MiB" for lib, r in res["libraries"].items())
+                line += (f"\n  mini-batches of {res['mini_batch_size']}; loss check on {res['check_pairs']} pairs; "
+                         f"step peak memory: {mem} (textcl / ST = {res['memory_ratio']:.2f})")
+            print(line)
+        elif section == "sgns":
+            print(f"sgns: {res['words']:,} words ({res['sentences']:,} sentences of {Path(res['corpus']).name}) "
+                  f"x {res['epochs']} epochs, {res['threads']} threads each, median of {res['rounds']} rounds")
+        elif section == "vision":
+            steps = ", ".join(f"{m} {r['median_s']:.2f}" for m, r in res["methods"].items())
+            print(f"vision: {res['steps']} steps after {res['warmup']} warm-up, batch "
+                  f"{next(iter(res['methods'].values()))['batch_size']}, {res['data']}; median s/step: {steps}")
+            print(f"  {res['note']}")
 
 
 def write_plot(report: dict[str, Any], png: Path) -> None:
-    """Bar chart of a report: one panel per benchmark, textcl vs ST throughput and their ratio."""
+    """One panel per section: textcl vs its peer (and the ratio), or images/s per vision method."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    results, env = report["results"], report["environment"]
-    fig, axes = plt.subplots(1, len(results), figsize=(4.5 * len(results), 4), squeeze=False)
-    for ax, (bench, res) in zip(axes[0], results.items()):
-        names = list(res["libraries"])
-        values = [res["libraries"][n][res["unit"]] for n in names]
-        bars = ax.bar(names, values, color=["tab:blue", "tab:gray"])
-        ax.bar_label(bars, fmt="%.1f")
-        ax.set_ylabel(res["unit"])
-        ax.set_title(f"{bench}: textcl / ST = {res['ratio']:.2f}x")
+    env = report["environment"]
+    results = {k: report["results"][k] for k in sorted(report["results"], key=_section_order)}
+    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 4), squeeze=False)
+    for ax, (section, res) in zip(axes[0], results.items()):
+        unit = res["unit"]
+        if res.get("peer") is None:
+            names = list(res["methods"])
+            bars = ax.bar(names, [res["methods"][n][unit] for n in names], color="tab:blue")
+            ax.set_title(f"{section}: train step (no peer)")
+            ax.tick_params(axis="x", labelrotation=30)
+        else:
+            names = ["textcl", res["peer"]]
+            bars = ax.bar(["textcl", res["peer"].replace("sentence-transformers", "sentence-\ntransformers")],
+                          [res["libraries"][n][unit] for n in names], color=["tab:blue", "tab:gray"])
+            ax.set_title(f"{section}: textcl / peer = {res['ratio']:.2f}x")
+            if section == "gradcache":
+                ax.set_xlabel(f"batch {res['batch_size']}, step peak memory (MiB): textcl "
+                              f"{res['libraries']['textcl']['median_peak_mb']:.0f}, ST "
+                              f"{res['libraries'][ST]['median_peak_mb']:.0f}", fontsize=8)
+        ax.bar_label(bars, fmt="%.0f" if max(b.get_height() for b in bars) >= 100 else "%.1f")
+        ax.margins(y=0.12)
+        ax.set_ylabel(unit)
     threads = env["torch_threads"]
-    fig.suptitle(f"{env['cpu_model']}, {threads} thread{'s' * (threads != 1)}", fontsize=10)
+    fig.suptitle(f"{env['cpu_model']}, {threads} torch thread{'s' * (threads != 1)}, torch "
+                 f"{env['versions'].get('torch')}", fontsize=10)
     fig.tight_layout()
     fig.savefig(png, dpi=120)
     plt.close(fig)
 
 
+def resolve_sections(names: list[str], skip: list[str] | None = None) -> list[str]:
+    """Sections named (aliases expanded) in ``SECTIONS`` order, minus ``skip``."""
+    chosen = {s for n in names for s in ALIASES.get(n, (n,))}
+    unknown = chosen - set(SECTIONS)
+    if unknown:
+        raise ValueError(f"unknown section(s) {sorted(unknown)}; choose from {', '.join([*SECTIONS, *ALIASES])}")
+    return [s for s in SECTIONS if s in chosen and s not in set(skip or ())]
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Parse arguments, run the benchmarks, print the table, write JSON / PNG if asked."""
+    """Parse arguments, run the sections, print the table, write JSON / PNG if asked."""
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(
-        prog="python -m benchmarks.speed", description=__doc__.split("\n")[0]
+        prog="python -m benchmarks.speed", description=__doc__.split("\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("mode", choices=["encode", "train", "gradcache", "all-text"])
-    p.add_argument(
-        "--model", default=None, help="model dir or hub name (default: packaged all-MiniLM-L6-v2)"
-    )
+    p.add_argument("sections", nargs="+", choices=[*SECTIONS, *ALIASES], metavar="SECTION",
+                   help=f"one or more of {', '.join([*SECTIONS, *ALIASES])}")
+    p.add_argument("--skip", action="append", default=[], choices=SECTIONS, help="leave a section out (repeatable)")
+    p.add_argument("--model", default=None, help="model dir or hub name (default: packaged all-MiniLM-L6-v2)")
     p.add_argument("--texts", default=None, help="text file, one text per line (.gz allowed)")
-    p.add_argument(
-        "--data-dir", default=os.environ.get("TEXTCL_DATA"), help="default: $TEXTCL_DATA"
-    )
-    p.add_argument("--n", type=int, default=2000, help="texts to encode (default 2000)")
-    p.add_argument("--steps", type=int, default=20, help="training steps (default 20)")
-    p.add_argument(
-        "--batch-size", type=int, default=None, help="default: 64 encode, 32 train, 1024 gradcache"
-    )
-    p.add_argument("--mini-batch-size", type=int, default=32, help="GradCache mini-batch (default 32)")
-    p.add_argument("--gradcache-steps", type=int, default=2, help="GradCache steps per round (default 2)")
-    p.add_argument(
-        "--rounds", type=int, default=3, help="timed rounds, median reported (default 3)"
-    )
-    p.add_argument(
-        "--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)"
-    )
+    p.add_argument("--data-dir", default=os.environ.get("TEXTCL_DATA"), help="default: $TEXTCL_DATA")
+    p.add_argument("--n", type=int, default=2000, help="encode: texts to encode")
+    p.add_argument("--steps", type=int, default=10, help="train: steps per round")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="encode/train/gradcache batch (default: 64 encode, 32 train, 1024 gradcache)")
+    p.add_argument("--rounds", type=int, default=3, help="encode/train/sgns: timed rounds, median reported")
+    p.add_argument("--mini-batch-size", type=int, default=32, help="gradcache: mini-batch")
+    p.add_argument("--gradcache-steps", type=int, default=1, help="gradcache: steps per round")
+    p.add_argument("--gradcache-rounds", type=int, default=2, help="gradcache: timed rounds (a fresh process each)")
+    p.add_argument("--gradcache-check-pairs", type=int, default=128, help="gradcache: pairs of the loss check")
+    p.add_argument("--sgns-corpus", default=None, help="sgns: corpus (default DATA/" + CORPUS + ")")
+    p.add_argument("--sgns-max-sentences", type=int, default=100_000,
+                   help="sgns: first N sentences of the corpus (0: all, ~500k, 5x longer)")
+    p.add_argument("--sgns-epochs", type=int, default=5, help="sgns: epochs")
+    p.add_argument("--sgns-threads", type=int, default=2, help="sgns: worker threads of both libraries")
+    p.add_argument("--sgns-min-count", type=int, default=5, help="sgns: minimum word count")
+    p.add_argument("--vision-methods", nargs="+", default=["simclr", "npid", "pirl", "moco", "swav"],
+                   choices=["simclr", "npid", "pirl", "moco", "swav"], help="vision: methods")
+    p.add_argument("--vision-steps", type=int, default=5, help="vision: timed steps per method")
+    p.add_argument("--vision-warmup", type=int, default=2, help="vision: untimed steps first")
+    p.add_argument("--vision-batch-size", type=int, default=None, help="vision: batch (default: the recipes' 256)")
+    p.add_argument("--vision-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="vision: recipe override for every method (repeatable)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--out", type=Path, default=None, help="write all numbers to this JSON file")
     p.add_argument("--plot", action="store_true", help="also write a PNG bar chart next to --out")
     args = p.parse_args(argv)
     if args.plot and args.out is None:
         p.error("--plot needs --out")
+    sections = resolve_sections(args.sections, args.skip)
+    if not sections:
+        p.error("every section is skipped")
     if args.threads:
         torch.set_num_threads(args.threads)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    model = args.model or default_model()
-    benches = ["encode", "train", "gradcache"] if args.mode == "all-text" else [args.mode]
-    batch = {b: args.batch_size or DEFAULTS[b]["batch_size"] for b in benches}
-    need = max(
-        args.n if "encode" in benches else 0,
-        2 * batch.get("train", 0) * args.steps,
-        2 * batch.get("gradcache", 0) * args.gradcache_steps,
-    )
-    texts, source = load_texts(need, args.texts, args.data_dir)
-    env = environment()
-    print(f"model: {model}\ntexts: {source}")
-    results: dict[str, dict[str, Any]] = {}
-    if "encode" in benches:
-        results["encode"] = bench_encode(model, texts[: args.n], batch["encode"], args.rounds)
-    if "train" in benches:
-        results["train"] = bench_train(model, texts, batch["train"], args.steps, args.rounds)
-    if "gradcache" in benches:
-        results["gradcache"] = bench_gradcache(
-            model, texts, batch["gradcache"], args.mini_batch_size, args.gradcache_steps, args.rounds
+    env = environment(("accelerate", "gensim", "numba"))
+    started = time.perf_counter()
+    texts, source, model = [], None, None
+    text_sections = [s for s in sections if s in ("encode", "train", "gradcache")]
+    if text_sections:
+        model = args.model or default_model()
+        batch = {b: args.batch_size or DEFAULTS[b]["batch_size"] for b in text_sections}
+        need = max(
+            args.n if "encode" in batch else 0,
+            2 * batch.get("train", 0) * args.steps,
+            2 * batch.get("gradcache", 0) * args.gradcache_steps,
         )
+        texts, source = load_texts(need, args.texts, args.data_dir)
+        print(f"model: {model}\ntexts: {source}")
+    corpus = sgns_corpus(args.sgns_corpus, args.data_dir) if "sgns" in sections else None
+    results: dict[str, dict[str, Any]] = {}
+    seconds: dict[str, float] = {}
+    for section in sections:
+        print(f"== {section}", flush=True)
+        start = time.perf_counter()
+        if section == "encode":
+            results[section] = bench_encode(model, texts[: args.n], batch["encode"], args.rounds)
+        elif section == "train":
+            results[section] = bench_train(model, texts, batch["train"], args.steps, args.rounds)
+        elif section == "gradcache":
+            results[section] = bench_gradcache(
+                model, texts, batch["gradcache"], args.mini_batch_size, args.gradcache_steps,
+                args.gradcache_rounds, args.gradcache_check_pairs,
+            )
+        elif section == "sgns":
+            results[section] = bench_sgns(
+                corpus, args.sgns_max_sentences or None, args.sgns_epochs, args.sgns_threads, args.rounds,
+                args.sgns_min_count,
+            )
+        elif section == "vision":
+            results[section] = bench_vision(
+                args.vision_methods, args.vision_steps, args.vision_warmup, args.vision_batch_size,
+                args.data_dir, args.vision_set,
+            )
+        seconds[section] = time.perf_counter() - start
     env["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    env["section_seconds"] = seconds
+    env["total_seconds"] = time.perf_counter() - started
     print_report(results, env)
+    print(f"took {env['total_seconds'] / 60:.1f} min (" + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()) + ")")
     report = {
         "command": "python -m benchmarks.speed " + shlex.join(argv),
         "model": model,
@@ -531,8 +798,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "results": results,
     }
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        from benchmarks.common import write_report
+
+        write_report(args.out, report)
         print(f"wrote {args.out}")
         if args.plot:
             write_plot(report, args.out.with_suffix(".png"))

@@ -74,3 +74,83 @@ def test_gradcache_round_losses_agree(texts: list[str]) -> None:
     theirs = speed._cached_round(speed.ST, speed.default_model(), batches, 4, False, 1)
     assert abs(ours["losses"][0] - theirs["losses"][0]) < 1e-4
     assert ours["seconds"] > 0 and ours["peak_mb"] > 0
+
+
+def test_sections_resolve_aliases_and_skips() -> None:
+    assert speed.resolve_sections(["all"]) == ["encode", "train", "gradcache", "sgns", "vision"]
+    assert speed.resolve_sections(["all", "vision"], skip=["gradcache", "sgns"]) == ["encode", "train", "vision"]
+    assert speed.resolve_sections(["vision", "all-text"]) == ["encode", "train", "gradcache", "vision"]
+    with pytest.raises(ValueError, match="unknown section"):
+        speed.resolve_sections(["bogus"])
+
+
+def _fake_results() -> dict:
+    def lib(unit: str, value: float) -> dict:
+        return {unit: value, "seconds": [1.0], "median_s": 1.0}
+
+    text = {"first_step_loss": {"textcl": 1.0, speed.ST: 1.0}, "first_step_loss_diff": 0.0, "batch_size": 4,
+            "steps": 1, "rounds": 1}
+    return {
+        "encode": {"unit": "sentences/s", "peer": speed.ST, "ratio": 2.0, "count": 8, "batch_size": 4, "rounds": 1,
+                   "max_abs_diff": 0.0, "libraries": {"textcl": lib("sentences/s", 200.0),
+                                                      speed.ST: lib("sentences/s", 100.0)}},
+        "train": {"unit": "examples/s", "peer": speed.ST, "ratio": 0.5, **text,
+                  "libraries": {"textcl": lib("examples/s", 5.0), speed.ST: lib("examples/s", 10.0)}},
+        "gradcache": {"unit": "examples/s", "peer": speed.ST, "ratio": 1.0, **text, "mini_batch_size": 2,
+                      "check_pairs": 4, "memory_ratio": 0.5,
+                      "libraries": {"textcl": {**lib("examples/s", 3.0), "median_peak_mb": 100.0},
+                                    speed.ST: {**lib("examples/s", 3.0), "median_peak_mb": 200.0}}},
+        "sgns": {"unit": "words/s", "peer": "gensim", "ratio": 1.25, "words": 800, "sentences": 200,
+                 "corpus": "c.txt", "epochs": 1, "threads": 1, "rounds": 1,
+                 "libraries": {"textcl": lib("words/s", 1_250_000.0), "gensim": lib("words/s", 1_000_000.0)}},
+        "vision": {"unit": "images/s", "peer": None, "note": speed.NO_PEER, "data": "synthetic", "steps": 1,
+                   "warmup": 1, "methods": {"simclr": {"images/s": 50.0, "median_s": 0.16, "batch_size": 8},
+                                            "moco": {"images/s": 80.0, "median_s": 0.1, "batch_size": 8}}},
+    }
+
+
+def test_report_is_one_table_with_a_ratio_per_peer(tmp_path: Path, capsys) -> None:
+    rows = speed.table_rows(_fake_results())
+    assert rows[0] == ("encode", "textcl", "200.0 sentences/s", speed.ST, "100.0 sentences/s", "2.00x", ">= 1.3x: ok")
+    assert rows[1][5:] == ("0.50x", ">= 1.1x: below")
+    assert rows[2][5:] == ("1.00x", ">= 1.0x: ok")
+    assert rows[3] == ("sgns", "textcl", "1,250,000 words/s", "gensim", "1,000,000 words/s", "1.25x", "")
+    assert rows[4] == ("vision", "textcl simclr", "50.0 images/s", "none (no peer measured)", "-", "-", "")
+    assert rows[5][:4] == ("vision", "textcl moco", "80.0 images/s", "")
+    env = {"torch_threads": 1, "cpu_model": "test cpu", "usable_cpus": 2, "load_average": (0.5, 0, 0),
+           "load_average_end": (0.7, 0, 0), "versions": {"torch": "x"}}
+    speed.print_report(_fake_results(), env)
+    printed = capsys.readouterr().out
+    assert "torch threads: 1  cpu: test cpu" in printed and "no peer measured" in printed
+    assert "step peak memory: textcl 100 MiB, sentence-transformers 200 MiB (textcl / ST = 0.50)" in printed
+    speed.write_plot({"results": _fake_results(), "environment": env}, tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 0
+
+
+def test_cli_sgns_and_vision_sections_tiny(tmp_path: Path) -> None:
+    pytest.importorskip("gensim")
+    corpus = tmp_path / "corpus.txt"
+    words = "alpha beta gamma delta epsilon zeta eta theta".split()
+    # 200 sentences of 4 a-z words: 800 words, every word frequent enough for min_count 1
+    corpus.write_text("".join(" ".join(words[(i + j) % 8] for j in range(4)) + "\n" for i in range(200)))
+    out = tmp_path / "speed.json"
+    speed.main(
+        ["sgns", "vision", "--sgns-corpus", str(corpus), "--sgns-max-sentences", "0", "--sgns-epochs", "1",
+         "--sgns-threads", "1", "--sgns-min-count", "1", "--rounds", "1",
+         "--vision-methods", "moco", "npid", "--vision-steps", "1", "--vision-warmup", "1",
+         "--vision-batch-size", "8", "--vision-set", "model.width=0.125", "--vision-set", "data.synthetic_train=32",
+         "--data-dir", str(tmp_path), "--threads", "1", "--out", str(out), "--plot"]
+    )  # fmt: skip
+    report = json.loads(out.read_text())
+    sgns = report["results"]["sgns"]
+    assert sgns["words"] == 800 and sgns["count"] == 800 * 1 and sgns["peer"] == "gensim"
+    libs = sgns["libraries"]
+    assert sgns["ratio"] == pytest.approx(libs["textcl"]["words/s"] / libs["gensim"]["words/s"])
+    assert sgns["vocabulary"] == {"textcl": 8, "gensim": 8}
+    vision = report["results"]["vision"]
+    assert vision["peer"] is None and set(vision["methods"]) == {"moco", "npid"}
+    assert vision["data"].startswith("synthetic")  # no vision/cifar10.npz under tmp_path
+    for r in vision["methods"].values():
+        assert r["batch_size"] == 8 and len(r["seconds"]) == 1 and r["images/s"] > 0
+    assert set(report["environment"]["section_seconds"]) == {"sgns", "vision"}
+    assert out.with_suffix(".png").stat().st_size > 0

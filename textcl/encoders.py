@@ -390,6 +390,12 @@ class TextEncoder(nn.Module):
             logger.warning("max_seq_length %d exceeds what the model takes; using %d", max_seq_length, limit)
             max_seq_length = limit
         self.transformer = transformer
+        # Pooling runs over the token embeddings, so a pooler head (BERT's dense + tanh over
+        # [CLS]) never gets a gradient. Frozen, DDP does not wait for its gradient (with
+        # find_unused_parameters off it raised at the second step); weights still saved.
+        pooler = getattr(transformer, "pooler", None)
+        if isinstance(pooler, nn.Module):
+            pooler.requires_grad_(False)
         self.tokenizer = tokenizer
         self.pooling = pooling
         self.max_seq_length = int(max_seq_length)

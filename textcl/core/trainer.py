@@ -74,6 +74,16 @@ def _reset_single_process_accelerate_state() -> None:
         AcceleratorState._reset_state(reset_partial_state=True)
 
 
+def _accelerator_device() -> bool:
+    """Whether torch sees a GPU-like device. Without one, Accelerate must be given
+    ``cpu=True``: otherwise, under ``torchrun``, it finds no backend for the processes and
+    each trains alone as rank 0 (``DistributedType.NO``), all writing the same output_dir."""
+    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6
+    if accelerator is not None and hasattr(accelerator, "is_available"):
+        return bool(accelerator.is_available())
+    return torch.cuda.is_available()
+
+
 @dataclass
 class TrainerState:
     """Position in training; checkpointed with the model, optimizer, scheduler and RNG."""
@@ -144,7 +154,7 @@ class Trainer:
             _reset_single_process_accelerate_state()
         self.accelerator = accelerator or Accelerator(
             mixed_precision=config.mixed_precision,
-            cpu=config.cpu,
+            cpu=config.cpu or not _accelerator_device(),
             kwargs_handlers=[
                 DistributedDataParallelKwargs(find_unused_parameters=config.ddp_find_unused_parameters)
             ],
@@ -263,7 +273,8 @@ class Trainer:
 
         cfg, acc = self.config, self.accelerator
         set_seed(self.seed)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        if self.is_main:  # only rank 0 writes into output_dir (the others' first write is after a barrier)
+            self.output_dir.mkdir(parents=True, exist_ok=True)
 
         dataset: Dataset = self.method.train_dataset()
         n = len(dataset)  # type: ignore[arg-type]
