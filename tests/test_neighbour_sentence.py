@@ -3,7 +3,6 @@ exact multi-positive loss, and training a tiny BERT end to end (both positive mo
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -188,15 +187,3 @@ train: {{batch_size: 16, max_steps: 40, lr: 0.001, warmup_steps: 3, log_every_n_
         texts = ["Red blue green.", "The king and the queen."]
         np.testing.assert_allclose(Embedder.load(str(out)).encode(texts),
                                    SentenceTransformer(str(out), device="cpu").encode(texts), atol=1e-5)
-
-
-@pytest.mark.parametrize("recipe", ["recipes/text/neighbour.yaml", "recipes/text/scratch/neighbour.yaml"])
-def test_shipped_recipes_validate(recipe, monkeypatch):
-    from textcl.core.recipe import load_recipe
-
-    data = Path(os.environ.get("TEXTCL_DATA", REPO.parent / "shared" / "data"))
-    if not (data / "corpora" / "gutenberg_chapters.jsonl.gz").is_file():
-        pytest.skip("the data dir with corpora/ is not available")
-    monkeypatch.setenv("TEXTCL_DATA", str(data))
-    r = load_recipe(REPO / recipe)
-    assert r.method == "neighbour" and r.config.objective.window == 1

@@ -3,7 +3,6 @@ tiny BERT end to end (contrastive and binary heads)."""
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -185,15 +184,3 @@ def test_binary_head_learns(tmp_path, tiny_bert_dir, one_thread):
     log = [r for r in _log(tmp_path / "run") if "loss" in r]
     assert {"accuracy", "loss"} <= set(log[0])
     assert np.mean([r["loss"] for r in log[-5:]]) < np.mean([r["loss"] for r in log[:5]]) - 0.05
-
-
-@pytest.mark.parametrize("recipe", ["recipes/text/nsp.yaml", "recipes/text/scratch/nsp.yaml"])
-def test_shipped_recipes_validate(recipe, monkeypatch):
-    from textcl.core.recipe import load_recipe
-
-    data = Path(os.environ.get("TEXTCL_DATA", REPO.parent / "shared" / "data"))
-    if not (data / "corpora" / "gutenberg_chapters.jsonl.gz").is_file():
-        pytest.skip("the data dir with corpora/ is not available")
-    monkeypatch.setenv("TEXTCL_DATA", str(data))
-    r = load_recipe(REPO / recipe)
-    assert r.method == "nsp" and r.config.data.max_tokens == 48
