@@ -164,3 +164,17 @@ def test_info_nce_ignore_mask_equals_dropping_the_candidates():
     assert torch.isfinite(multi)
     with pytest.raises(ValueError, match="positive"):
         info_nce(q, k, ignore_mask=torch.eye(3, 4, dtype=torch.bool))
+
+
+def test_retrieval_top1_labels_mask_and_ignore():
+    from textcl.core.losses import retrieval_top1
+
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    k = torch.tensor([[1.0, 0.1], [0.1, 1.0], [-1.0, 0.0], [1.0, 0.9]])
+    # nearest keys: 0, 1, 3 -> with labels (0, 1, 2) two of three are right
+    assert retrieval_top1(q, k).item() == pytest.approx(2 / 3)
+    ignore = torch.zeros(3, 2, dtype=torch.bool)
+    ignore[0, 0] = True  # query 0 then picks key 3
+    assert retrieval_top1(q, k, labels=torch.tensor([3, 1, 3]), ignore_mask=ignore).item() == 1.0
+    pos = torch.tensor([[True, False], [False, False], [False, False]])
+    assert retrieval_top1(q, k, positive_mask=pos).item() == pytest.approx(1 / 3)

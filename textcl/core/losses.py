@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["info_nce", "similarity_logits"]
+__all__ = ["info_nce", "retrieval_top1", "similarity_logits"]
 
 
 def similarity_logits(
@@ -143,3 +143,35 @@ def info_nce(
     if reduction == "none":
         return loss
     raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+@torch.no_grad()
+def retrieval_top1(
+    query: Tensor,
+    candidates: Tensor,
+    *,
+    labels: Tensor | None = None,
+    positive_mask: Tensor | None = None,
+    ignore_mask: Tensor | None = None,
+) -> Tensor:
+    """Pretext accuracy with :func:`info_nce`'s candidate protocol: the share of queries whose
+    most similar (cosine) non-ignored candidate is a positive. ``labels`` (one positive per
+    query, default ``arange(B)``) or ``positive_mask`` (``(B, K')`` bool, ``K' <=`` number of
+    candidates); ``ignore_mask`` (``(B, K')``) removes candidates, columns past ``K'`` are kept."""
+    scores = F.normalize(query.float(), dim=-1) @ F.normalize(candidates.float(), dim=-1).T
+    width = scores.shape[1]
+
+    def widen(mask: Tensor) -> Tensor:
+        mask = mask.to(device=scores.device, dtype=torch.bool)
+        return torch.cat([mask, mask.new_zeros(mask.shape[0], width - mask.shape[1])], 1) if mask.shape[1] < width else mask
+
+    if ignore_mask is not None:
+        scores = scores.masked_fill(widen(ignore_mask), float("-inf"))
+    best = scores.argmax(dim=1)
+    if positive_mask is not None:
+        hit = widen(positive_mask).gather(1, best.view(-1, 1)).squeeze(1)
+    else:
+        if labels is None:
+            labels = torch.arange(scores.shape[0], device=scores.device)
+        hit = best == labels.to(scores.device)
+    return hit.float().mean()

@@ -298,7 +298,7 @@ class Trainer:
         max_steps = cfg.max_steps or epochs * steps_per_epoch
         # A time budget without max_steps: the schedule runs on the elapsed fraction of
         # the budget, so warmup and decay fit whatever number of steps the budget allows
-        # (epochs stay an upper bound).
+        # (epochs cap it only when the recipe sets them).
         self._time_schedule = budget is not None and cfg.max_steps is None
         warmup = cfg.warmup_steps or int(round(cfg.warmup_ratio * max_steps))
 

@@ -8,7 +8,7 @@
   (document-level split), split statistics.
 * :class:`PositionDataset` -- map-style dataset over ``(document, sentence)`` positions
   whose randomness derives from ``(seed, stream, epoch, index)`` only.
-* Held-out helpers: :func:`heldout_positions`, :func:`embed_token_ids`, :func:`top1_accuracy`.
+* Held-out helpers: :func:`heldout_positions`, :func:`embed_token_ids` (top-1: :func:`textcl.core.losses.retrieval_top1`).
 
 Private to ``textcl.objectives``: the public sentence API is :mod:`textcl.sentences`.
 """
@@ -55,7 +55,6 @@ __all__ = [
     "heldout_positions",
     "load_sentence_corpora",
     "resolve_chunk_tokens",
-    "top1_accuracy",
 ]
 
 #: Streams of :func:`example_rng`: training examples vs the fixed held-out examples.
@@ -203,19 +202,6 @@ def embed_token_ids(encoder: Any, ids: Sequence[list[int]], *, batch_size: int =
     if not out:
         return torch.empty(0, encoder.dim, device=device)
     return torch.cat(out)
-
-
-def top1_accuracy(query: torch.Tensor, keys: torch.Tensor, positive_mask: torch.Tensor,
-                  ignore_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Fraction of queries whose most similar (cosine) non-ignored key is a positive."""
-    q = torch.nn.functional.normalize(query.float(), dim=-1)
-    k = torch.nn.functional.normalize(keys.float(), dim=-1)
-    scores = q @ k.T
-    if ignore_mask is not None:
-        scores = scores.masked_fill(ignore_mask.to(scores.device, torch.bool), float("-inf"))
-    best = scores.argmax(dim=1)
-    hit = positive_mask.to(scores.device, torch.bool).gather(1, best.view(-1, 1)).squeeze(1)
-    return hit.float().mean().detach()
 
 
 def duplicate_text_mask(query_keys: torch.Tensor, candidate_keys: torch.Tensor,

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 
 from textcl.core.distributed import batch_offset, gather_no_grad
-from textcl.core.losses import info_nce
+from textcl.core.losses import info_nce, retrieval_top1
 from textcl.core.method import Method, MethodConfig
 from textcl.core.momentum import momentum_copy, update_momentum
 from textcl.core.queue import FeatureQueue
@@ -359,7 +359,7 @@ class CERT(Method):
             loss = info_nce(q, k, ignore_mask=ignore, extra_negatives=queue, temperature=obj.temperature)
         if self.training:
             self._pending.append(k)
-        acc = _top1(q, torch.cat([candidates, queue.to(candidates.dtype)]), labels, ignore)
+        acc = retrieval_top1(q, torch.cat([candidates, queue.to(candidates.dtype)]), labels=labels, ignore_mask=ignore)
         return {"loss": loss, "top1": acc}
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -393,7 +393,7 @@ class CERT(Method):
         q, k = torch.cat(qs), torch.cat(ks)
         labels = torch.arange(q.shape[0], device=q.device)
         loss = info_nce(q, k, temperature=self.cfg.objective.temperature)
-        return {"cert_heldout_top1": float(_top1(q, k, labels)), "cert_heldout_loss": float(loss)}
+        return {"cert_heldout_top1": float(retrieval_top1(q, k, labels=labels)), "cert_heldout_loss": float(loss)}
 
     def card_info(self) -> dict[str, Any]:
         e, d, obj, c = self.encoder, self.cfg.data, self.cfg.objective, self.pair_counts
@@ -421,13 +421,3 @@ class CERT(Method):
         from textcl.card import render_model_card
 
         self.encoder.save(path, model_card=render_model_card(card_info))
-
-
-def _top1(query: torch.Tensor, candidates: torch.Tensor, labels: torch.Tensor,
-          ignore: torch.Tensor | None = None) -> torch.Tensor:
-    """Share of queries whose most similar candidate is their positive (``ignore``: (B, K)
-    candidates removed, as in the loss)."""
-    sim = F.normalize(query.detach().float(), dim=1) @ F.normalize(candidates.float(), dim=1).T
-    if ignore is not None:
-        sim[:, : ignore.shape[1]] = sim[:, : ignore.shape[1]].masked_fill(ignore, float("-inf"))
-    return (sim.argmax(dim=1) == labels).float().mean()

@@ -22,7 +22,7 @@ from pydantic import Field, model_validator
 
 from textcl.core.distributed import batch_offset, gather_with_grad
 from textcl.core.gradcache import merge_auxiliary
-from textcl.core.losses import info_nce
+from textcl.core.losses import info_nce, retrieval_top1
 from textcl.core.method import Method, MethodConfig
 from textcl.core.recipe import InputFile
 from textcl.documents import DataError, Document, held_out_split, load_documents
@@ -261,14 +261,14 @@ class DeCLUTR(Method):
             keys = gather_with_grad(p.mean(dim=1))
             labels = torch.arange(n, device=anchors.device) + batch_offset(n)
             loss = info_nce(anchors, keys, labels=labels, temperature=obj.temperature)
-            pred_ok = _top1(anchors, keys, labels)
+            pred_ok = retrieval_top1(anchors, keys, labels=labels)
         else:
             keys = gather_with_grad(positives)
             owner = torch.arange(keys.shape[0], device=keys.device) // obj.num_positives
             labels = torch.arange(n, device=anchors.device) + batch_offset(n)
             mask = owner[None, :] == labels[:, None]
             loss = info_nce(anchors, keys, positive_mask=mask, temperature=obj.temperature)
-            pred_ok = _top1(anchors, keys, labels, owner)
+            pred_ok = retrieval_top1(anchors, keys, positive_mask=mask)
         return loss, pred_ok
 
     # GradCache protocol (textcl.core.gradcache, train.mini_batch_size): forward ==
@@ -317,7 +317,7 @@ class DeCLUTR(Method):
         keys = p.view(n, obj.num_positives, -1).mean(dim=1)
         labels = torch.arange(n, device=a.device)
         loss = info_nce(a, keys, labels=labels, temperature=obj.temperature)
-        return {"declutr_heldout_top1": float(_top1(a, keys, labels)), "declutr_heldout_loss": float(loss)}
+        return {"declutr_heldout_top1": float(retrieval_top1(a, keys, labels=labels)), "declutr_heldout_loss": float(loss)}
 
     def card_info(self) -> dict[str, Any]:
         e = self.encoder
@@ -337,14 +337,6 @@ class DeCLUTR(Method):
         from textcl.card import render_model_card
 
         self.encoder.save(path, model_card=render_model_card(card_info))
-
-
-def _top1(query: torch.Tensor, keys: torch.Tensor, labels: torch.Tensor,
-          owner: torch.Tensor | None = None) -> torch.Tensor:
-    pred = (torch.nn.functional.normalize(query, dim=-1) @ torch.nn.functional.normalize(keys, dim=-1).T).argmax(1)
-    if owner is not None:
-        pred = owner[pred]
-    return (pred == labels).float().mean().detach()
 
 
 def _load_mlm(name_or_path: str) -> tuple[torch.nn.Module, torch.nn.Module]:

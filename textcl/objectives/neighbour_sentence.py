@@ -33,7 +33,7 @@ import torch
 from pydantic import Field
 
 from textcl.core.distributed import gather_no_grad, gather_with_grad
-from textcl.core.losses import info_nce
+from textcl.core.losses import info_nce, retrieval_top1
 from textcl.core.method import MethodConfig
 from textcl.documents import DataError
 from textcl.objectives._encoder import EncoderSection
@@ -45,7 +45,6 @@ from textcl.objectives._sentence_common import (
     duplicate_text_mask,
     embed_token_ids,
     heldout_positions,
-    top1_accuracy,
 )
 from textcl.sentences import SentenceDataSection
 
@@ -217,7 +216,7 @@ class NeighbourSentence(SentenceObjective):
             obj.window, obj.ignore_duplicate_text,
         )
         loss = info_nce(q, keys, positive_mask=positive, ignore_mask=ignore, temperature=obj.temperature)
-        return {"loss": loss, "top1": top1_accuracy(q, keys, positive, ignore)}
+        return {"loss": loss, "top1": retrieval_top1(q, keys, positive_mask=positive, ignore_mask=ignore)}
 
     # ---- evaluation
     @torch.no_grad()
@@ -247,7 +246,7 @@ class NeighbourSentence(SentenceObjective):
         )
         loss = info_nce(q, k, positive_mask=positive, ignore_mask=ignore, temperature=obj.temperature)
         return {
-            "neighbour_heldout_top1": float(top1_accuracy(q, k, positive, ignore)),
+            "neighbour_heldout_top1": float(retrieval_top1(q, k, positive_mask=positive, ignore_mask=ignore)),
             "neighbour_heldout_loss": float(loss),
             "neighbour_heldout_candidates": float(len(keys)),
         }

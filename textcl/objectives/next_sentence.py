@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from textcl.core.distributed import batch_offset, gather_no_grad, gather_with_grad
-from textcl.core.losses import info_nce
+from textcl.core.losses import info_nce, retrieval_top1
 from textcl.core.method import MethodConfig
 from textcl.documents import DataError
 from textcl.objectives._encoder import EncoderSection
@@ -263,7 +263,7 @@ class NextSentence(SentenceObjective):
             ignore = _duplicates(batch["query_text"], batch["positive_text"], candidate_text, labels)
         loss = info_nce(q, keys, labels=labels, extra_negatives=extra, ignore_mask=ignore,
                         temperature=obj.temperature)
-        top1 = _top1(q, keys if extra is None else torch.cat([keys, extra]), labels, ignore)
+        top1 = retrieval_top1(q, keys if extra is None else torch.cat([keys, extra]), labels=labels, ignore_mask=ignore)
         out = {"nsp_loss": loss.detach(), "top1": top1}
         if obj.symmetric:
             # Reverse direction: each (local) next sentence retrieves its query among the
@@ -302,7 +302,7 @@ class NextSentence(SentenceObjective):
         q, k = q.cpu(), k.cpu()
         loss = info_nce(q, k, labels=labels, ignore_mask=ignore, temperature=obj.temperature)
         return {
-            "nsp_heldout_top1": float(_top1(q, k, labels, ignore)),
+            "nsp_heldout_top1": float(retrieval_top1(q, k, labels=labels, ignore_mask=ignore)),
             "nsp_heldout_loss": float(loss),
             "nsp_heldout_candidates": float(len(positions)),
         }
@@ -333,14 +333,3 @@ def _duplicates(query_text: torch.Tensor, positive_text: torch.Tensor, candidate
     same = (candidate_text[None, :] == query_text[:, None]) | (candidate_text[None, :] == positive_text[:, None])
     same[torch.arange(len(labels), device=same.device), labels.to(same.device)] = False
     return same
-
-
-def _top1(query: torch.Tensor, candidates: torch.Tensor, labels: torch.Tensor,
-          ignore: torch.Tensor | None) -> torch.Tensor:
-    scores = F.normalize(query.float(), dim=-1) @ F.normalize(candidates.float(), dim=-1).T
-    if ignore is not None:
-        if ignore.shape[1] < scores.shape[1]:
-            ignore = torch.cat([ignore, ignore.new_zeros(ignore.shape[0], scores.shape[1] - ignore.shape[1])], 1)
-        scores = scores.masked_fill(ignore.to(scores.device), float("-inf"))
-    return (scores.argmax(dim=1) == labels.to(scores.device)).float().mean().detach()
-

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
@@ -21,7 +20,7 @@ from vision.backbones import BackboneConfig, build_backbone, save_backbone
 from vision.data import DataConfig, ImageDataset, ImageSplits, load_splits
 from vision.evaluate import extract_features, knn_accuracy
 
-__all__ = ["VisionConfig", "VisionMethod", "VisionObjective", "projection_mlp", "top1"]
+__all__ = ["VisionConfig", "VisionMethod", "VisionObjective", "projection_mlp"]
 
 class VisionObjective(MethodConfig):
     """Fields every vision objective has."""
@@ -45,15 +44,6 @@ def projection_mlp(in_dim: int, hidden_dim: int, out_dim: int, num_layers: int =
         if not last:
             layers += [nn.BatchNorm1d(dims[i + 1]), nn.ReLU(inplace=True)]
     return nn.Sequential(*layers)
-
-
-@torch.no_grad()
-def top1(query: Tensor, candidates: Tensor, labels: Tensor, exclude: Tensor | None = None) -> Tensor:
-    """Pretext accuracy: share of queries whose most similar candidate is the positive."""
-    sim = F.normalize(query.float(), dim=1) @ F.normalize(candidates.float(), dim=1).T
-    if exclude is not None:
-        sim[:, : exclude.shape[1]] = sim[:, : exclude.shape[1]].masked_fill(exclude, float("-inf"))
-    return (sim.argmax(dim=1) == labels).float().mean()
 
 
 class VisionMethod(Method):

@@ -28,14 +28,13 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from textcl.core.distributed import is_distributed
-from textcl.core.losses import info_nce
+from textcl.core.losses import info_nce, retrieval_top1
 from textcl.core.memory_bank import MemoryBank
 from vision.augment import AugmentConfig, Jigsaw, ViewAugment
 from vision.methods.common import (
     VisionConfig,
     VisionMethod,
     VisionObjective,
-    top1,
 )
 
 __all__ = ["NPID", "PIRL", "BankObjective", "nce_loss"]
@@ -139,7 +138,7 @@ class _BankMethod(VisionMethod):
                 self.log_z[term] = mean.log() + math.log(self.num_train)
             loss = nce_loss(pos, neg, self.log_z[term], self.num_train)
         cands = torch.cat([positives, negatives])
-        return loss, top1(v, cands, labels, exclude=~torch.eye(b, dtype=torch.bool, device=v.device))
+        return loss, retrieval_top1(v, cands, labels=labels, ignore_mask=~torch.eye(b, dtype=torch.bool, device=v.device))
 
     def on_train_start(self, trainer: Any) -> None:
         # After a resume the flag comes back True with the checkpointed bank: no re-init.

@@ -29,7 +29,7 @@ from pydantic import Field
 from torch import Tensor
 
 from textcl.core.distributed import gather_no_grad, rank
-from textcl.core.losses import info_nce
+from textcl.core.losses import info_nce, retrieval_top1
 from textcl.core.momentum import momentum_copy, update_momentum
 from textcl.core.queue import FeatureQueue
 from vision.augment import AugmentConfig, ViewAugment
@@ -38,7 +38,6 @@ from vision.methods.common import (
     VisionMethod,
     VisionObjective,
     projection_mlp,
-    top1,
 )
 
 __all__ = ["MoCo", "MoCoConfig", "shuffle_bn_forward"]
@@ -136,7 +135,7 @@ class MoCo(VisionMethod):
                                   extra_negatives=queue)
         if self.training:
             self._pending.append(k)
-        return {"loss": loss, "top1": top1(q, torch.cat([k, queue]), labels, others)}
+        return {"loss": loss, "top1": retrieval_top1(q, torch.cat([k, queue]), labels=labels, ignore_mask=others)}
 
     def after_optimizer_step(self, step: int) -> None:
         m = self.cfg.objective.momentum

@@ -16,14 +16,13 @@ from pydantic import Field
 from torch import Tensor
 
 from textcl.core.distributed import batch_offset, gather_with_grad
-from textcl.core.losses import info_nce
+from textcl.core.losses import info_nce, retrieval_top1
 from vision.augment import AugmentConfig, ViewAugment
 from vision.methods.common import (
     VisionConfig,
     VisionMethod,
     VisionObjective,
     projection_mlp,
-    top1,
 )
 
 __all__ = ["SimCLR", "SimCLRConfig", "nt_xent"]
@@ -62,7 +61,7 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> tuple[Tensor, Tensor]
     exclude = torch.zeros(2 * b, 2 * n, dtype=torch.bool, device=z1.device)
     exclude[torch.arange(2 * b, device=z1.device), self_idx] = True
     loss = info_nce(queries, keys, ignore_mask=exclude, temperature=temperature, labels=positive)
-    return loss, top1(queries, keys, positive, exclude)
+    return loss, retrieval_top1(queries, keys, labels=positive, ignore_mask=exclude)
 
 
 class SimCLR(VisionMethod):
