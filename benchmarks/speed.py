@@ -40,9 +40,16 @@ benchmarks/results/speed.json --plot`` takes about 15 minutes on 2 idle cores.
 
 Texts: ``--texts`` (one per line, ``.gz`` allowed), else the first lines of
 ``$TEXTCL_DATA/corpora/gutenberg_sentences.txt.gz``, else sentences cut from the packaged
-``gutenberg_sample.jsonl.gz``. Everything runs on CPU with ``torch.get_num_threads()``
+``gutenberg_sample.jsonl.gz``. By default everything runs on CPU with ``torch.get_num_threads()``
 threads (``--threads`` sets it; on few shared cores more threads can be slower); SGNS uses
 ``--sgns-threads`` worker threads in both libraries.
+
+``--device cuda`` runs encode, train, gradcache and vision on the GPU, both libraries alike
+(fp32, no autocast; textcl's encoders pad each side to its longest text there instead of
+length-bucketed chunks, as text objectives do on CUDA); gradcache's peak memory is then
+``torch.cuda.max_memory_allocated`` during the steps above the memory allocated before them.
+SGNS is CPU code in both libraries: it is not a GPU section. Ratios are only ever taken
+between libraries on one machine and device.
 """
 
 from __future__ import annotations
@@ -86,6 +93,22 @@ NO_PEER = (
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'“‘(A-Z])")
 
 Step = Callable[[list[str], list[str]], float]
+#: Where the text sections and vision run ("cpu" or "cuda"); set by ``main``'s ``--device``.
+DEVICE = "cpu"
+
+
+def _to_device(features: Any) -> Any:
+    """Tokenizer output (dicts, lists of chunks) moved to ``DEVICE``."""
+    from accelerate.utils import send_to_device
+
+    return features if DEVICE == "cpu" else send_to_device(features, DEVICE)
+
+
+def _chunk_budget(dim: int) -> int | None:
+    """textcl's chunk budget as its text objectives pick it: CPU budget, no chunks on CUDA."""
+    from textcl.encoders import cpu_token_budget
+
+    return cpu_token_budget(dim) if DEVICE == "cpu" else None
 
 # --------------------------------------------------------------------------- inputs
 
@@ -169,8 +192,8 @@ def bench_encode(
 
     import textcl
 
-    ours = textcl.Embedder.load(model, device="cpu")
-    theirs = SentenceTransformer(model, device="cpu")
+    ours = textcl.Embedder.load(model, device=DEVICE)
+    theirs = SentenceTransformer(model, device=DEVICE)
     runs: dict[str, Callable[[list[str]], np.ndarray]] = {
         "textcl": lambda x: ours.encode(x, batch_size=batch_size, show_progress=False),
         ST: lambda x: theirs.encode(x, batch_size=batch_size, show_progress_bar=False),
@@ -215,15 +238,15 @@ def textcl_step(model: str) -> Step:
     """A fresh textcl ``TextEncoder`` trained with ``info_nce``, as text objectives run it on CPU:
     each side tokenized by textcl and run in length-bucketed chunks (``chunk_tokens``)."""
     from textcl.core.losses import info_nce
-    from textcl.encoders import TextEncoder, cpu_token_budget
+    from textcl.encoders import TextEncoder
 
-    enc = TextEncoder.from_pretrained(model)
-    chunk = cpu_token_budget(enc.dim)
+    enc = TextEncoder.from_pretrained(model).to(DEVICE)
+    chunk = _chunk_budget(enc.dim)
     return _step_fn(
         enc,
         lambda a, b: info_nce(
-            enc(enc.tokenize(a, chunk_tokens=chunk)),
-            enc(enc.tokenize(b, chunk_tokens=chunk)),
+            enc(_to_device(enc.tokenize(a, chunk_tokens=chunk))),
+            enc(_to_device(enc.tokenize(b, chunk_tokens=chunk))),
             temperature=TEMPERATURE,
         ),
     )
@@ -234,9 +257,9 @@ def st_step(model: str) -> Step:
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
-    st = SentenceTransformer(model, device="cpu")
+    st = SentenceTransformer(model, device=DEVICE)
     loss_fn = MultipleNegativesRankingLoss(st, scale=1.0 / TEMPERATURE)
-    return _step_fn(st, lambda a, b: loss_fn([st.preprocess(a), st.preprocess(b)], None))
+    return _step_fn(st, lambda a, b: loss_fn([_to_device(st.preprocess(a)), _to_device(st.preprocess(b))], None))
 
 
 def bench_train(
@@ -304,18 +327,18 @@ class _CachedPairs(torch.nn.Module):
 def textcl_cached_step(model: str, mini_batch_size: int) -> Step:
     """textcl's GradCache over a fresh ``TextEncoder``, sides tokenized in chunks as on CPU."""
     from textcl.core.gradcache import GradCache
-    from textcl.encoders import TextEncoder, cpu_token_budget
+    from textcl.encoders import TextEncoder
 
-    enc = TextEncoder.from_pretrained(model)
-    chunk = cpu_token_budget(enc.dim)
+    enc = TextEncoder.from_pretrained(model).to(DEVICE)
+    chunk = _chunk_budget(enc.dim)
     cache = GradCache(_CachedPairs(enc), mini_batch_size)
     opt = torch.optim.AdamW(enc.parameters(), lr=LEARNING_RATE)
 
     def step(anchors: list[str], positives: list[str]) -> float:
         enc.train(step.dropout)
         opt.zero_grad(set_to_none=True)
-        batch = {"anchor": enc.tokenize(anchors, chunk_tokens=chunk),
-                 "positive": enc.tokenize(positives, chunk_tokens=chunk)}
+        batch = {"anchor": _to_device(enc.tokenize(anchors, chunk_tokens=chunk)),
+                 "positive": _to_device(enc.tokenize(positives, chunk_tokens=chunk))}
         out = cache.step(batch)  # forward + backward
         opt.step()
         return float(out["loss"].detach())
@@ -329,9 +352,9 @@ def st_cached_step(model: str, mini_batch_size: int) -> Step:
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss
 
-    st = SentenceTransformer(model, device="cpu")
+    st = SentenceTransformer(model, device=DEVICE)
     loss_fn = CachedMultipleNegativesRankingLoss(st, scale=1.0 / TEMPERATURE, mini_batch_size=mini_batch_size)
-    return _step_fn(st, lambda a, b: loss_fn([st.preprocess(a), st.preprocess(b)], None))
+    return _step_fn(st, lambda a, b: loss_fn([_to_device(st.preprocess(a)), _to_device(st.preprocess(b))], None))
 
 
 def _status_kib(key: str) -> int | None:
@@ -344,11 +367,13 @@ def _status_kib(key: str) -> int | None:
 
 def _cached_round(
     library: str, model: str, batches: list[tuple[list[str], list[str]]], mini_batch_size: int,
-    dropout: bool, threads: int,
+    dropout: bool, threads: int, device: str = "cpu",
 ) -> dict[str, Any]:
     """One round of one library, in a fresh process: seconds, losses, peak memory (MiB)."""
     import resource
 
+    global DEVICE
+    DEVICE = device
     torch.set_num_threads(threads)
     from transformers.utils import logging as hf_logging
 
@@ -359,6 +384,16 @@ def _cached_round(
     if dropout:  # timed round: a small warm-up step allocates the optimizer state and kernels first
         step(batches[0][0][:mini_batch_size], batches[0][1][:mini_batch_size])
     torch.manual_seed(SEED)
+    if device != "cpu":  # GPU memory: what the steps allocate above what is held before them
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        held = torch.cuda.memory_allocated()
+        start = time.perf_counter()
+        losses = [step(a, b) for a, b in batches]  # each step ends in .item(): synchronized
+        seconds = time.perf_counter() - start
+        step_mb = (torch.cuda.max_memory_allocated() - held) / 2**20
+        return {"seconds": seconds, "losses": losses, "peak_mb": torch.cuda.max_memory_allocated() / 2**20,
+                "step_peak_mb": step_mb}
     before = _status_kib("VmRSS")
     try:  # reset the high-water mark (VmHWM) to the current RSS: the peak of the steps alone
         with open("/proc/self/clear_refs", "w") as f:
@@ -412,7 +447,7 @@ def bench_gradcache(
     for r in range(rounds + 1):
         for name in libs:
             res = _in_fresh_process(
-                _cached_round, name, model, batches if r else check, mini_batch_size, r > 0, threads
+                _cached_round, name, model, batches if r else check, mini_batch_size, r > 0, threads, DEVICE
             )
             if r:
                 seconds[name].append(res["seconds"])
@@ -430,7 +465,9 @@ def bench_gradcache(
     result.update(
         batch_size=batch_size, mini_batch_size=mini_batch_size, steps=steps, rounds=rounds,
         check_pairs=n_check, lr=LEARNING_RATE, temperature=TEMPERATURE,
-        memory="peak resident memory of the steps above the process's resident memory before them (MiB)",
+        memory=("peak resident memory of the steps above the process's resident memory before them (MiB)"
+                if DEVICE == "cpu" else
+                "torch.cuda.max_memory_allocated during the steps minus memory_allocated before them (MiB)"),
     )
     result.update(first_step_loss=first, last_step_loss=last)
     result["first_step_loss_diff"] = abs(first["textcl"] - first[ST])
@@ -549,7 +586,8 @@ def bench_vision(
     out: dict[str, Any] = {}
     for name in methods:
         with tempfile.TemporaryDirectory(prefix=f"speed_{name}_") as tmp:
-            sets = [f"output_dir={tmp}", *data, "train.save_every_n_steps=null", "train.compile=false"]
+            sets = [f"output_dir={tmp}", *data, "train.save_every_n_steps=null", "train.compile=false",
+                    f"train.cpu={str(DEVICE == 'cpu').lower()}"]
             if name in ("npid", "pirl"):
                 sets.append("objective.bank_init=random")
             if batch_size:
@@ -578,7 +616,7 @@ def bench_vision(
             }
     return {
         "unit": "images/s", "methods": out, "peer": None, "note": NO_PEER, "data": source,
-        "steps": steps, "warmup": warmup, "overrides": list(overrides),
+        "steps": steps, "warmup": warmup, "overrides": list(overrides), "device": DEVICE,
     }
 
 
@@ -615,7 +653,8 @@ def table_rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, ...]]:
 def print_report(results: dict[str, dict[str, Any]], env: dict[str, Any]) -> None:
     """Environment lines, one table (a row per section; vision: a row per method), details."""
     load = " -> ".join(f"{x[0]:.2f}" for x in (env["load_average"], env.get("load_average_end")) if x)
-    print(f"\ntorch threads: {env['torch_threads']}  cpu: {env['cpu_model']} ({env['usable_cpus']} usable)")
+    print(f"\ntorch threads: {env['torch_threads']}  cpu: {env['cpu_model']} ({env['usable_cpus']} usable)"
+          f"  device: {env.get('device', 'cpu')}")
     print(f"1-min load average (start -> end): {load}")
     print("versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v))
     header = ("section", "library / method", "textcl", "peer", "peer", "textcl/peer", "target")
@@ -680,7 +719,8 @@ def write_plot(report: dict[str, Any], png: Path) -> None:
         ax.margins(y=0.12)
         ax.set_ylabel(unit)
     threads = env["torch_threads"]
-    fig.suptitle(f"{env['cpu_model']}, {threads} torch thread{'s' * (threads != 1)}, torch "
+    device = env.get("device", "cpu")
+    fig.suptitle(f"{'' if device == 'cpu' else device + ' (sgns: CPU), '}{env['cpu_model']}, {threads} torch thread{'s' * (threads != 1)}, torch "
                  f"{env['versions'].get('torch')}", fontsize=10)
     fig.tight_layout()
     fig.savefig(png, dpi=120)
@@ -732,6 +772,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--vision-set", action="append", default=[], metavar="KEY=VALUE",
                    help="vision: recipe override for every method (repeatable)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="where encode/train/gradcache/vision run (sgns is CPU code in both libraries)")
     p.add_argument("--out", type=Path, default=None, help="write all numbers to this JSON file")
     p.add_argument("--plot", action="store_true", help="also write a PNG bar chart next to --out")
     args = p.parse_args(argv)
@@ -742,10 +784,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         p.error("every section is skipped")
     if args.threads:
         torch.set_num_threads(args.threads)
+    global DEVICE
+    DEVICE = args.device
+    if DEVICE == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: torch sees no CUDA device")
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     env = environment(("accelerate", "gensim", "numba"))
+    env["device"] = torch.cuda.get_device_name(0) if DEVICE == "cuda" else "cpu"
     started = time.perf_counter()
     texts, source, model = [], None, None
     text_sections = [s for s in sections if s in ("encode", "train", "gradcache")]

@@ -145,16 +145,29 @@ def _rows(features: Mapping[str, Any], where: str) -> int:
     return rows.pop()
 
 
-def _take(features: Mapping[str, Any], index: Tensor, n: int) -> dict[str, Any]:
-    """Rows ``index`` of a padded dict, with trailing columns no kept row attends to dropped."""
+def _last_attended(features: Mapping[str, Any]) -> Tensor | None:
+    """Per row, the last column its ``attention_mask`` attends to (-1: none), on the CPU.
+
+    One host copy per side: computing widths piece by piece on a GPU would synchronise
+    twice per mini-batch, and the small mini-batches of GradCache are launch-bound there.
+    """
+    mask = features.get("attention_mask")
+    if not (isinstance(mask, Tensor) and mask.dim() == 2 and mask.shape[1] > 0):
+        return None
+    mask = mask.detach().cpu().bool()
+    return torch.where(mask, torch.arange(mask.shape[1]), -1).amax(dim=1)
+
+
+def _take(features: Mapping[str, Any], index: Tensor, last: Tensor | None) -> dict[str, Any]:
+    """Rows ``index`` of a padded dict, with trailing columns no kept row attends to dropped
+    (``last``: :func:`_last_attended` of ``features``)."""
     out = {k: v.index_select(0, index.to(v.device)) if isinstance(v, Tensor) and v.dim() > 0 else v
            for k, v in features.items()}
-    mask = out.get("attention_mask")
-    if isinstance(mask, Tensor) and mask.dim() == 2 and mask.shape[1] > 0:
-        attended = mask.bool().any(dim=0).nonzero()
-        width = int(attended.max()) + 1 if attended.numel() else 1
+    mask = features.get("attention_mask")
+    if last is not None and isinstance(mask, Tensor):
+        width = max(int(last.index_select(0, index).max()) + 1, 1)
         if width < mask.shape[1]:
-            shape = tuple(mask.shape)
+            shape = (len(index), mask.shape[1])
             out = {k: v[:, :width] if isinstance(v, Tensor) and tuple(v.shape[:2]) == shape else v
                    for k, v in out.items()}
     return out
@@ -184,17 +197,19 @@ def split_features(features: Any, mini_batch_size: int, where: str = "features")
             if n <= m:
                 pieces.append(chunk)  # as is: the same forward (and dropout draws) as uncached
             else:
-                pieces.extend(_take(chunk, torch.arange(s, min(s + m, n)), n) for s in range(0, n, m))
+                last = _last_attended(chunk)
+                pieces.extend(_take(chunk, torch.arange(s, min(s + m, n)), last) for s in range(0, n, m))
         return pieces, features["order"]
     if isinstance(features, Mapping):
         n = _rows(features, where)
         mask = features.get("attention_mask")
+        last = _last_attended(features)
         if isinstance(mask, Tensor) and mask.dim() == 2:
             # Longest first (stable): mini-batches of similar lengths carry little padding.
-            by_length = torch.sort(mask.sum(dim=1).cpu(), descending=True, stable=True).indices
+            by_length = torch.sort(mask.detach().cpu().sum(dim=1), descending=True, stable=True).indices
         else:
             by_length = torch.arange(n)
-        pieces = [_take(features, by_length[s : s + m], n) for s in range(0, n, m)]
+        pieces = [_take(features, by_length[s : s + m], last) for s in range(0, n, m)]
         order = torch.empty_like(by_length)
         order[by_length] = torch.arange(n)
         return pieces, (None if torch.equal(by_length, torch.arange(n)) else order)
