@@ -1,15 +1,19 @@
 """Contrastive image methods on CIFAR-10 at CPU scale: kNN and linear-probe accuracy.
 
     python -m benchmarks.vision [--methods simclr npid pirl moco swav] [--budget-minutes M]
-        [--data-dir DIR] [--out F.json] [--plot] [--threads T] [--probe-train N]
-        [--probe-test N] [--augment-speed]
+        [--jobs J] [--curve-points P] [--data-dir DIR] [--out F.json] [--plot] [--threads T]
+        [--probe-train N] [--probe-test N] [--augment-speed]
 
 Each method runs its CPU recipe ``recipes/vision/<method>_cifar10_cpu.yaml`` through
 ``textcl.train.run`` -- the same trainer and CLI path as any recipe -- into
-``runs/vision-bench/<method>/``. With ``--budget-minutes M`` the number of optimizer
-steps is set so that training plus the run's two kNN evaluations fit in about M
-minutes: a few calibration steps measure seconds per step first (the trainer has no
-wall-clock stop, and a cut-off schedule would not anneal the learning rate).
+``runs/vision-bench/<method>/``, for the recipe's ``train.max_minutes`` (15) or
+``--budget-minutes M`` of training time: the trainer stops on the clock and its lr
+schedule follows the elapsed fraction of the budget, so every method anneals within the
+same wall-clock budget whatever its step cost (evaluation time is not counted). A few
+calibration steps measure seconds per step first, to space ``--curve-points`` kNN
+evaluations (the recipe's own 5000-image bank) over the run: the kNN-over-training curve.
+``--jobs 2`` trains two methods at a time, one torch thread each (one core each on a
+2-core machine: with 2 threads on busy cores, one small-tensor run was 4-5x slower).
 
 Protocol (same for every row, independent of the recipes' own kNN): frozen backbone
 features (no augmentation) of ``--probe-train`` training images (class-stratified, seed 0)
@@ -84,11 +88,21 @@ def calibrate(recipe_file: Path, overrides: list[str], steps: int = 2) -> dict[s
             "knn_eval_s": n_eval / eval_ips, "init_s": init_s}
 
 
-def steps_for_budget(minutes: float, cal: dict[str, float], overhead_s: float = 20.0) -> int:
-    """Optimizer steps that fit: budget minus two kNN evaluations, a memory-bank
-    initialisation pass and start-up/saving."""
-    left = minutes * 60 - 2 * cal["knn_eval_s"] - cal.get("init_s", 0.0) - overhead_s
-    return max(1, int(left / cal["s_per_step"]))
+def eval_interval(minutes: float, cal: dict[str, float], points: int) -> int:
+    """Steps between kNN evaluations so that about ``points`` fall inside the budget."""
+    return max(1, round(minutes * 60 / cal["s_per_step"] / max(points, 1)))
+
+
+def budget_minutes(method: str, budget: float | None) -> float:
+    """``budget``, else the CPU recipe's ``train.max_minutes``."""
+    import yaml
+
+    if budget is not None:
+        return budget
+    minutes = yaml.safe_load(recipe_path(method).read_text()).get("train", {}).get("max_minutes")
+    if not minutes:
+        raise SystemExit(f"{recipe_path(method)}: no train.max_minutes; pass --budget-minutes")
+    return float(minutes)
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -111,29 +125,51 @@ def evaluate_backbone(backbone: torch.nn.Module, probe: Any) -> dict[str, float]
     return {"knn_top1": knn, "linear_top1": linear, "eval_s": time.perf_counter() - start}
 
 
-def run_method(method: str, runs_dir: Path, budget: float | None, probe: Any) -> dict[str, Any]:
+def run_method(
+    method: str, runs_dir: Path, budget: float | None, probe: Any, curve_points: int = 10,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Train one method for its budget; the row: steps, speed, peak memory, kNN curve, probes."""
+    import resource
+
     from textcl.train import run
     from vision.backbones import load_backbone
 
+    if threads:
+        torch.set_num_threads(threads)
+    minutes = budget_minutes(method, budget)
     out = runs_dir / method
-    overrides = [f"output_dir={out}"]
-    row: dict[str, Any] = {"method": method, "recipe": str(recipe_path(method).relative_to(RECIPES.parent.parent))}
-    if budget is not None:
-        cal = calibrate(recipe_path(method), overrides)
-        steps = steps_for_budget(budget, cal)
-        overrides.append(f"train.max_steps={steps}")
-        row["calibration"] = cal
+    overrides = [f"output_dir={out}", f"train.max_minutes={minutes:g}", "train.max_steps=null"]
+    row: dict[str, Any] = {"method": method, "recipe": str(recipe_path(method).relative_to(RECIPES.parent.parent)),
+                           "budget_minutes": minutes}
+    cal = calibrate(recipe_path(method), overrides)
+    row["calibration"] = cal
+    if curve_points:
+        overrides.append(f"eval.every_n_steps={eval_interval(minutes, cal, curve_points)}")
     start = time.perf_counter()
     run(str(recipe_path(method)), overrides, overwrite=True)
     row["wall_s"] = time.perf_counter() - start
+    # ru_maxrss: KiB on Linux; the process's high-water mark (one method per process with --jobs).
+    row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     train_rows = [r for r in log if "examples_per_sec" in r]
     row["steps"] = train_rows[-1]["step"] if train_rows else 0
+    row["train_seconds"] = train_rows[-1].get("train_seconds") if train_rows else None
     row["images_per_s"] = float(np.mean([r["examples_per_sec"] for r in train_rows])) if train_rows else None
     row["final_loss"] = train_rows[-1]["loss"] if train_rows else None
     row["run_metrics"] = json.loads((out / "metrics.json").read_text())
+    curve = [(0.0, row["run_metrics"].get("initial/knn_top1"))]
+    curve += [(r.get("train_seconds"), r["eval/knn_top1"]) for r in log if "eval/knn_top1" in r]
+    row["knn_curve"] = [{"train_seconds": t, "knn_top1": k} for t, k in curve if t is not None and k is not None]
     row.update(evaluate_backbone(load_backbone(out), probe))
     return row
+
+
+def _run_in_process(args: tuple[Any, ...]) -> dict[str, Any]:
+    method, data, *rest = args
+    os.environ["TEXTCL_DATA"] = data
+    print(f"== {method} (process {os.getpid()})", flush=True)
+    return run_method(method, *rest)
 
 
 def random_init_row(probe: Any) -> dict[str, Any]:
@@ -184,11 +220,15 @@ def print_table(report: dict[str, Any]) -> None:
     p = report["protocol"]
     print(f"\nCIFAR-10, frozen backbone features: weighted kNN (k={KNN_K}, cosine, t={KNN_T}) and linear "
           f"probe; {p['probe_train']} train / {p['probe_test']} test images; {p['threads']} torch thread(s)")
-    print(f"{'method':12s} {'steps':>6s} {'kNN top-1':>10s} {'linear top-1':>13s} {'wall s':>8s} {'images/s':>9s}")
+    floor = report["rows"][0]["knn_top1"]
+    print(f"{'method':12s} {'steps':>6s} {'kNN top-1':>10s} {'vs random':>10s} {'linear top-1':>13s} "
+          f"{'wall s':>8s} {'images/s':>9s} {'peak MiB':>9s}")
     for r in report["rows"]:
         ips = f"{r['images_per_s']:9.1f}" if r.get("images_per_s") else f"{'-':>9s}"
-        print(f"{r['method']:12s} {r['steps']:6d} {100 * r['knn_top1']:9.2f}% {100 * r['linear_top1']:12.2f}% "
-              f"{r['wall_s']:8.1f} {ips}")
+        mem = f"{r['peak_rss_mb']:9.0f}" if r.get("peak_rss_mb") else f"{'-':>9s}"
+        gain = f"{100 * (r['knn_top1'] - floor):+9.2f}" if r["steps"] else f"{'-':>9s}"
+        print(f"{r['method']:12s} {r['steps']:6d} {100 * r['knn_top1']:9.2f}% {gain}  {100 * r['linear_top1']:12.2f}% "
+              f"{r['wall_s']:8.1f} {ips} {mem}")
     if "augment_speed" in report:
         for name, ips in report["augment_speed"]["images_per_s"].items():
             print(f"augment {name}: {ips:.0f} images/s (batch {report['augment_speed']['batch']})")
@@ -203,13 +243,23 @@ def write_plot(report: dict[str, Any], path: Path) -> None:
     rows = report["rows"]
     names = [r["method"] for r in rows]
     x = np.arange(len(rows))
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.4 * len(rows) + 2), 3.8))
+    fig, (ax, curve_ax) = plt.subplots(1, 2, figsize=(max(6.0, 1.4 * len(rows) + 2) + 5.5, 3.8),
+                                       gridspec_kw={"width_ratios": [1.3, 1]})
     ax.bar(x - 0.2, [100 * r["knn_top1"] for r in rows], 0.4, label="kNN top-1")
     ax.bar(x + 0.2, [100 * r["linear_top1"] for r in rows], 0.4, label="linear probe top-1")
     ax.set_xticks(x, names)
     ax.set_ylabel("CIFAR-10 test accuracy (%)")
     ax.set_title("CIFAR-10, CPU-budget contrastive pre-training, frozen features", fontsize=10)
     ax.legend(loc="lower right")
+    for r in rows:
+        if r.get("knn_curve"):
+            pts = r["knn_curve"]
+            curve_ax.plot([p["train_seconds"] / 60 for p in pts], [100 * p["knn_top1"] for p in pts],
+                          marker="o", ms=3, label=r["method"])
+    curve_ax.set_xlabel("training minutes")
+    curve_ax.set_ylabel("kNN top-1 (%), recipe bank")
+    curve_ax.set_title("kNN during training (recipe bank; minute 0 = the random init)", fontsize=10)
+    curve_ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -220,7 +270,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(prog="python -m benchmarks.vision", description=__doc__.split("\n")[0])
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     p.add_argument("--budget-minutes", type=float, default=None,
-                   help="per method: set train.max_steps so the run takes about this long")
+                   help="per method: training minutes (default: the recipe's train.max_minutes, 15)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="methods trained at a time, each in its own process with --threads threads")
+    p.add_argument("--curve-points", type=int, default=10,
+                   help="kNN evaluations (recipe bank) spread over each run; 0: before and after only")
     add_data_dir_argument(p)
     p.add_argument("--out", type=Path, default=None, help="write all numbers to this JSON file")
     p.add_argument("--plot", action="store_true", help="also write a PNG bar chart next to --out")
@@ -239,9 +293,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     probe = probe_sets(data, args.probe_train, args.probe_test)
     rows = [random_init_row(probe)]
-    for method in args.methods:
-        print(f"== {method}", flush=True)
-        rows.append(run_method(method, args.runs_dir, args.budget_minutes, probe))
+    jobs = [(m, str(data), args.runs_dir, args.budget_minutes, probe, args.curve_points, args.threads)
+            for m in args.methods]
+    started = time.perf_counter()
+    if args.jobs > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(min(args.jobs, len(jobs)), maxtasksperchild=1) as pool:
+            rows += pool.map(_run_in_process, jobs, chunksize=1)
+    else:
+        rows += [_run_in_process(j) for j in jobs]
     report: dict[str, Any] = {
         "rows": rows,
         "protocol": {
@@ -249,7 +310,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "linear": "multinomial logistic regression on standardised frozen features, L2 1e-4, L-BFGS 200 iterations",
             "features": "backbone global-pooled features, CIFAR mean/std normalisation, no augmentation",
             "probe_train": args.probe_train, "probe_test": args.probe_test, "threads": args.threads,
-            "budget_minutes": args.budget_minutes,
+            "budget_minutes": args.budget_minutes, "jobs": args.jobs,
+            "peak_memory": "peak resident memory (ru_maxrss) of the process that trained the method",
+            "total_seconds": time.perf_counter() - started,
         },
         "command": "python -m benchmarks.vision " + shlex.join(argv),
         "environment": environment(("kornia", "accelerate")),

@@ -175,3 +175,23 @@ def test_resume_equals_uninterrupted_with_queue_and_bank(tmp_path, name):
     Trainer(again, cfg, tmp_path / "resumed", seed=3).fit(resume=True)
     for (key, a), b in zip(full.state_dict().items(), again.state_dict().values()):
         assert torch.allclose(a.double(), b.double(), rtol=0, atol=0, equal_nan=True), key  # bit-equal
+
+
+def test_eval_rows_carry_training_time_for_the_knn_curve(tmp_path):
+    # benchmarks.vision plots kNN against training minutes from these rows.
+    assert main([_recipe(tmp_path, "simclr", eval={"every_n_steps": 1})]) == 0
+    log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    evals = [r for r in log if "eval/knn_top1" in r]
+    assert [r["step"] for r in evals] == [1, 2, 3]
+    seconds = [r["train_seconds"] for r in evals]
+    assert seconds[0] > 0 and seconds == sorted(seconds)
+
+
+def test_vision_benchmark_budget_and_curve_spacing():
+    from benchmarks.vision import METHODS, budget_minutes, eval_interval
+
+    assert all(budget_minutes(m, None) == 15 for m in METHODS)  # the CPU recipes' train.max_minutes
+    assert budget_minutes("simclr", 2.5) == 2.5
+    # 15 minutes at 1.5 s/step = 600 steps; 10 points -> every 60 steps.
+    assert eval_interval(15, {"s_per_step": 1.5}, 10) == 60
+    assert eval_interval(0.01, {"s_per_step": 1.5}, 10) == 1

@@ -467,7 +467,8 @@ class Trainer:
                 if self.eval_every_n_steps and step % self.eval_every_n_steps == 0 and not done:
                     metrics = self.evaluate()
                     if metrics:
-                        self._log({"step": step, **{f"eval/{k}": v for k, v in metrics.items()}})
+                        self._log({"step": step, "train_seconds": self.state.train_seconds,
+                                   **{f"eval/{k}": v for k, v in metrics.items()}})
                 for cb in self.callbacks:
                     if hasattr(cb, "on_step_end"):
                         cb.on_step_end(self)
@@ -484,7 +485,8 @@ class Trainer:
         model.eval()
         metrics = self.evaluate()
         if metrics:
-            self._log({"step": self.state.step, **{f"eval/{k}": v for k, v in metrics.items()}})
+            self._log({"step": self.state.step, "train_seconds": self.state.train_seconds,
+                       **{f"eval/{k}": v for k, v in metrics.items()}})
         return metrics
 
     def _non_finite(self, loss: torch.Tensor, applied: bool = False) -> None:
