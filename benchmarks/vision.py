@@ -127,7 +127,7 @@ def evaluate_backbone(backbone: torch.nn.Module, probe: Any) -> dict[str, float]
 
 def run_method(
     method: str, runs_dir: Path, budget: float | None, probe: Any, curve_points: int = 10,
-    threads: int | None = None,
+    threads: int | None = None, sets: list[str] | None = None,
 ) -> dict[str, Any]:
     """Train one method for its budget; the row: steps, speed, peak memory, kNN curve, probes."""
     import resource
@@ -139,9 +139,9 @@ def run_method(
         torch.set_num_threads(threads)
     minutes = budget_minutes(method, budget)
     out = runs_dir / method
-    overrides = [f"output_dir={out}", f"train.max_minutes={minutes:g}", "train.max_steps=null"]
+    overrides = [f"output_dir={out}", f"train.max_minutes={minutes:g}", "train.max_steps=null", *(sets or [])]
     row: dict[str, Any] = {"method": method, "recipe": str(recipe_path(method).relative_to(RECIPES.parent.parent)),
-                           "budget_minutes": minutes}
+                           "budget_minutes": minutes, "overrides": list(sets or [])}
     cal = calibrate(recipe_path(method), overrides)
     row["calibration"] = cal
     if curve_points:
@@ -223,6 +223,8 @@ def print_table(report: dict[str, Any]) -> None:
     floor = report["rows"][0]["knn_top1"]
     print(f"{'method':12s} {'steps':>6s} {'kNN top-1':>10s} {'vs random':>10s} {'linear top-1':>13s} "
           f"{'wall s':>8s} {'images/s':>9s} {'peak MiB':>9s}")
+    if any(r.get("overrides") for r in report["rows"]):
+        print("recipe overrides: " + " ".join(next(r["overrides"] for r in report["rows"] if r.get("overrides"))))
     for r in report["rows"]:
         ips = f"{r['images_per_s']:9.1f}" if r.get("images_per_s") else f"{'-':>9s}"
         mem = f"{r['peak_rss_mb']:9.0f}" if r.get("peak_rss_mb") else f"{'-':>9s}"
@@ -273,6 +275,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    help="per method: training minutes (default: the recipe's train.max_minutes, 15)")
     p.add_argument("--jobs", type=int, default=1,
                    help="methods trained at a time, each in its own process with --threads threads")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="recipe override for every method (repeatable); use another --runs-dir and --out")
     p.add_argument("--curve-points", type=int, default=10,
                    help="kNN evaluations (recipe bank) spread over each run; 0: before and after only")
     add_data_dir_argument(p)
@@ -293,7 +297,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     probe = probe_sets(data, args.probe_train, args.probe_test)
     rows = [random_init_row(probe)]
-    jobs = [(m, str(data), args.runs_dir, args.budget_minutes, probe, args.curve_points, args.threads)
+    jobs = [(m, str(data), args.runs_dir, args.budget_minutes, probe, args.curve_points, args.threads, args.sets)
             for m in args.methods]
     started = time.perf_counter()
     if args.jobs > 1:

@@ -15,6 +15,7 @@ from textcl.objectives.neighbour_sentence import (
     NeighbourConfig,
     NeighbourDataset,
     NeighbourSentence,
+    PassageDataset,
     neighbour_masks,
     neighbours,
 )
@@ -155,10 +156,53 @@ def test_forward_is_loss_of_embedding_inputs(one_thread):
     assert m.examples_in(batch) == 5 and batch["key_doc"].shape[0] == 5 * 4
 
 
+# --------------------------------------------------------------------- passages
+def test_passages_tile_documents_into_whole_passages():
+    ds = PassageDataset(toy_corpus(LENGTHS), seed=0, length=2)
+    items = [ds[i] for i in range(len(ds))]
+    assert [(ex["document"], ex["positions"]) for ex in items] == [(0, [0, 1]), (0, [2, 3]), (2, [0, 1]), (3, [0, 1]), (3, [2, 3])]
+    assert all([where(x) for x in ex["sentences"]] == [(ex["document"], p) for p in ex["positions"]] for ex in items)
+
+
+@pytest.mark.parametrize("same_document_negatives", [True, False])
+def test_passage_loss_equals_reference_loop(same_document_negatives):
+    m = _method(sampling="passages", passage_sentences=3, temperature=0.5,
+                same_document_negatives=same_document_negatives)
+    ids = [(0, 0), (0, 1), (0, 2), (3, 0), (3, 1), (3, 2)]  # two passages of 3
+    batch = {"query_doc": torch.tensor([d for d, _ in ids]), "query_pos": torch.tensor([p for _, p in ids]),
+             "query_text": torch.arange(6)}
+    q = torch.nn.functional.normalize(torch.randn(6, 4, generator=torch.Generator().manual_seed(0)), dim=1)
+    sim = (q @ q.T / 0.5).tolist()
+    losses = []
+    for i, (d, p) in enumerate(ids):
+        positives = [j for j, (e, r) in enumerate(ids) if e == d and abs(r - p) == 1]
+        candidates = [j for j, (e, r) in enumerate(ids) if j != i and (same_document_negatives or e != d or j in positives)]
+        lse = math.log(sum(math.exp(sim[i][j]) for j in candidates))
+        losses.append(-sum(sim[i][j] - lse for j in positives) / len(positives))
+    out = m.loss_from_embeddings({"sentences": q}, batch)
+    assert float(out["loss"]) == pytest.approx(sum(losses) / len(losses), rel=1e-6)
+
+
+def test_passages_every_sentence_encoded_once(one_thread):
+    m = _method(sampling="passages", passage_sentences=2).eval()
+    ds = m.train_dataset()
+    batch = m.collate([ds[i] for i in range(3)])
+    out = m(batch)
+    emb = {k: m.encoder(v, project=True) for k, v in m.embedding_inputs(batch).items()}
+    assert list(emb) == ["sentences"] and emb["sentences"].shape[0] == 6 == m.examples_in(batch)
+    assert float(out["loss"].detach()) == pytest.approx(float(m.loss_from_embeddings(emb, batch)["loss"].detach()), rel=1e-6)
+    with pytest.raises(Exception, match="passage_sentences"):
+        _method(sampling="passages", passage_sentences=9)
+
+
 # --------------------------------------------------------------------- end to end
-@pytest.mark.parametrize("mode", ["multi", "sample"])
+@pytest.mark.parametrize("mode", ["multi", "sample", "passages"])
 def test_training_learns_and_saves_st_model(tmp_path, tiny_bert_dir, mode, one_thread):
     docs = topic_documents(tmp_path / "docs.jsonl")
+    if mode == "passages":
+        objective, batch = "{sampling: passages, passage_sentences: 4, eval_queries_per_document: 1}", 4
+    else:
+        objective, batch = f"{{positives: {mode}, eval_queries_per_document: 1}}", 16
     recipe = tmp_path / "neighbour.yaml"
     recipe.write_text(f"""
 method: neighbour
@@ -166,8 +210,8 @@ output_dir: {tmp_path / 'run'}
 seed: 3
 model: {{name_or_path: {tiny_bert_dir}, max_seq_length: 32}}
 data: {{documents: {docs}, held_out_fraction: 0.25, max_tokens: 12, cache_dir: {tmp_path / 'cache'}}}
-objective: {{positives: {mode}, eval_queries_per_document: 1}}
-train: {{batch_size: 16, max_steps: 40, lr: 0.001, warmup_steps: 3, log_every_n_steps: 5}}
+objective: {objective}
+train: {{batch_size: {batch}, max_steps: 40, lr: 0.001, warmup_steps: 3, log_every_n_steps: 5}}
 """)
     assert main([str(recipe)]) == 0
     out = tmp_path / "run"

@@ -11,6 +11,14 @@ keys of the global batch (the contrastive form of Logeswaran & Lee's quick-thoug
   with ``positive_mask`` over all keys of the global batch.
 * ``positives: sample`` -- each query brings one neighbour, sampled per step from
   ``(seed, epoch, index)``; a plain InfoNCE with in-batch negatives.
+* ``sampling: passages`` -- each item is a passage of ``passage_sentences`` consecutive
+  sentences (documents tiled into whole passages), every sentence encoded *once* and used
+  both as a query and as a key: each query's in-batch positives are its neighbours in its
+  passage (quick-thoughts' contiguous batches). Per sentence encoded this gives up to
+  ``2 * window`` positive pairs, where ``sampling: sentences`` gives ``2 * window / (2 *
+  window + 1)`` (multi) and next-sentence prediction 1/2. With
+  ``same_document_negatives: false`` the passage's other sentences are left out of each
+  query's softmax (negatives then come from the other passages, as in NSP's batches).
 
 In both modes positives are decided by *identity*, not by ownership: a key is a
 positive of query *(d, i)* iff it is sentence *(d, j)* with ``0 < |i - j| <= window``,
@@ -63,6 +71,14 @@ CITATION = """@inproceedings{kiros-etal-2015-skip,
 class NeighbourObjective(MethodConfig):
     window: int = Field(1, ge=1, description="positives: sentences at distance 1..window")
     positives: Literal["multi", "sample"] = "multi"
+    sampling: Literal["sentences", "passages"] = Field(
+        "sentences", description="items: a query sentence with its key slots, or a passage of consecutive sentences"
+    )
+    passage_sentences: int = Field(8, ge=2, description="sampling: passages -- sentences per passage")
+    same_document_negatives: bool = Field(
+        True, description="sampling: passages -- non-neighbour sentences of the query's document within "
+        "passage_sentences positions are negatives (else ignored)"
+    )
     temperature: float = Field(0.05, gt=0)
     ignore_duplicate_text: bool = True
     eval_queries_per_document: int = Field(8, ge=1)
@@ -116,6 +132,25 @@ class NeighbourDataset(PositionDataset):
         }
 
 
+class PassageDataset(PositionDataset):
+    """One item per whole passage of ``length`` consecutive sentences (each document tiled
+    from its first sentence; a shorter tail is not used)."""
+
+    def __init__(self, corpus: SentenceCorpus, seed: int, length: int, stream: int = 0):
+        starts = [(d, s) for d, n in enumerate(corpus.lengths.tolist()) for s in range(0, n - length + 1, length)]
+        super().__init__(corpus, np.array(starts, dtype=np.int64).reshape(-1, 2), seed, stream)
+        self.length = length
+
+    def example(self, d: int, s: int, rng: np.random.Generator) -> dict[str, Any]:
+        c, span = self.corpus, range(s, s + self.length)
+        return {
+            "sentences": [c.sentence(d, t) for t in span],
+            "document": d,
+            "positions": list(span),
+            "text": [int(c.text_key[c.gid(d, t)]) for t in span],
+        }
+
+
 def neighbour_masks(
     query_doc: torch.Tensor, query_pos: torch.Tensor, query_text: torch.Tensor,
     key_doc: torch.Tensor, key_pos: torch.Tensor, key_text: torch.Tensor, key_valid: torch.Tensor,
@@ -160,14 +195,21 @@ class NeighbourSentence(SentenceObjective):
         specials = encoder.tokenizer.num_special_tokens_to_add(pair=False)
         self.check_sequence_length(config.data.max_tokens, specials, "data.max_tokens")
         obj = config.objective
-        self.title = (
-            f"Neighbour-sentence prediction (Skip-Thought style, contrastive; window {obj.window}, "
-            f"{'all neighbours as positives' if obj.positives == 'multi' else 'one sampled neighbour per step'})"
-        )
+        how = {"multi": "all neighbours as positives", "sample": "one sampled neighbour per step"}[obj.positives]
+        if obj.sampling == "passages":
+            how = f"passages of {obj.passage_sentences} sentences, every sentence a query and a key"
+        self.title = f"Neighbour-sentence prediction (Skip-Thought style, contrastive; window {obj.window}, {how})"
+        if obj.sampling == "passages" and len(self.train_dataset()) == 0:
+            raise DataError(
+                f"{config.data.documents}: no training document has objective.passage_sentences "
+                f"({obj.passage_sentences}) sentences; lower it"
+            )
 
     # ---- data
     def train_dataset(self) -> torch.utils.data.Dataset:
         obj = self.cfg.objective
+        if obj.sampling == "passages":
+            return PassageDataset(self.train_corpus, self.seed, obj.passage_sentences)
         return NeighbourDataset(self.train_corpus, self.seed, obj.window, obj.positives,
                                 positions=self.train_positions)
 
@@ -176,6 +218,14 @@ class NeighbourSentence(SentenceObjective):
 
         def longs(values: list[Any]) -> torch.Tensor:
             return torch.tensor(values, dtype=torch.long)
+
+        if "sentences" in examples[0]:  # passages: every sentence is a query and a key
+            return {
+                "query_doc": longs([ex["document"] for ex in examples for _ in ex["positions"]]),
+                "query_pos": longs([p for ex in examples for p in ex["positions"]]),
+                "query_text": longs([t for ex in examples for t in ex["text"]]),
+                "sentences": pad([x for ex in examples for x in ex["sentences"]], chunk_tokens=self.chunk_tokens),
+            }
 
         slots = len(examples[0]["keys"])
         return {
@@ -196,6 +246,8 @@ class NeighbourSentence(SentenceObjective):
     # ---- loss
     def embedding_inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Encoder inputs per side (what :meth:`forward` encodes)."""
+        if "sentences" in batch:
+            return {"sentences": batch["sentences"]}
         return {"queries": batch["queries"], "keys": batch["keys"]}
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -205,6 +257,8 @@ class NeighbourSentence(SentenceObjective):
     def loss_from_embeddings(self, embeddings: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """All the loss logic, given the embeddings of :meth:`embedding_inputs`."""
         obj = self.cfg.objective
+        if "sentences" in embeddings:
+            return self._passage_loss(embeddings["sentences"], batch)
         q = embeddings["queries"]
         keys = gather_with_grad(embeddings["keys"])
         # Identities of the global keys; documents are indices into the training corpus,
@@ -215,6 +269,23 @@ class NeighbourSentence(SentenceObjective):
             gather_no_grad(batch["key_text"]), gather_no_grad(batch["key_valid"]),
             obj.window, obj.ignore_duplicate_text,
         )
+        loss = info_nce(q, keys, positive_mask=positive, ignore_mask=ignore, temperature=obj.temperature)
+        return {"loss": loss, "top1": retrieval_top1(q, keys, positive_mask=positive, ignore_mask=ignore)}
+
+    def _passage_loss(self, q: torch.Tensor, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Passages: the local sentences query the global batch of the same sentences."""
+        obj = self.cfg.objective
+        keys = gather_with_grad(q)
+        key_doc, key_pos = gather_no_grad(batch["query_doc"]), gather_no_grad(batch["query_pos"])
+        positive, ignore = neighbour_masks(
+            batch["query_doc"], batch["query_pos"], batch["query_text"],
+            key_doc, key_pos, gather_no_grad(batch["query_text"]),
+            torch.ones_like(key_doc, dtype=torch.bool), obj.window, obj.ignore_duplicate_text,
+        )
+        if not obj.same_document_negatives:
+            # Same passage = same document within passage_sentences positions.
+            near = (key_pos[None, :] - batch["query_pos"][:, None]).abs() < obj.passage_sentences
+            ignore |= (key_doc[None, :] == batch["query_doc"][:, None]) & near & ~positive
         loss = info_nce(q, keys, positive_mask=positive, ignore_mask=ignore, temperature=obj.temperature)
         return {"loss": loss, "top1": retrieval_top1(q, keys, positive_mask=positive, ignore_mask=ignore)}
 
