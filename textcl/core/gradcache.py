@@ -145,17 +145,24 @@ def _rows(features: Mapping[str, Any], where: str) -> int:
     return rows.pop()
 
 
-def _last_attended(features: Mapping[str, Any]) -> Tensor | None:
-    """Per row, the last column its ``attention_mask`` attends to (-1: none), on the CPU.
+def _host_mask(features: Mapping[str, Any]) -> Tensor | None:
+    """The side's 2-d ``attention_mask`` copied to the CPU once (None without one).
 
-    One host copy per side: computing widths piece by piece on a GPU would synchronise
-    twice per mini-batch, and the small mini-batches of GradCache are launch-bound there.
+    Lengths and widths come from this one host copy: computing them piece by piece on a
+    GPU would synchronise twice per mini-batch, and GradCache's small mini-batches are
+    launch-bound there.
     """
     mask = features.get("attention_mask")
     if not (isinstance(mask, Tensor) and mask.dim() == 2 and mask.shape[1] > 0):
         return None
-    mask = mask.detach().cpu().bool()
-    return torch.where(mask, torch.arange(mask.shape[1]), -1).amax(dim=1)
+    return mask.detach().cpu()
+
+
+def _last_attended(mask: Tensor | None) -> Tensor | None:
+    """Per row of a host ``mask``, the last column it attends to (-1: none)."""
+    if mask is None:
+        return None
+    return torch.where(mask.bool(), torch.arange(mask.shape[1]), -1).amax(dim=1)
 
 
 def _take(features: Mapping[str, Any], index: Tensor, last: Tensor | None) -> dict[str, Any]:
@@ -197,16 +204,16 @@ def split_features(features: Any, mini_batch_size: int, where: str = "features")
             if n <= m:
                 pieces.append(chunk)  # as is: the same forward (and dropout draws) as uncached
             else:
-                last = _last_attended(chunk)
+                last = _last_attended(_host_mask(chunk))
                 pieces.extend(_take(chunk, torch.arange(s, min(s + m, n)), last) for s in range(0, n, m))
         return pieces, features["order"]
     if isinstance(features, Mapping):
         n = _rows(features, where)
-        mask = features.get("attention_mask")
-        last = _last_attended(features)
-        if isinstance(mask, Tensor) and mask.dim() == 2:
+        mask = _host_mask(features)
+        last = _last_attended(mask)
+        if mask is not None:
             # Longest first (stable): mini-batches of similar lengths carry little padding.
-            by_length = torch.sort(mask.detach().cpu().sum(dim=1), descending=True, stable=True).indices
+            by_length = torch.sort(mask.sum(dim=1), descending=True, stable=True).indices
         else:
             by_length = torch.arange(n)
         pieces = [_take(features, by_length[s : s + m], last) for s in range(0, n, m)]
