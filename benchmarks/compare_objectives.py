@@ -22,7 +22,10 @@ Needs the start models of ``python -m textcl.scratch`` in ``--scratch-dir`` (``b
   recipes/text/scratch/<row>.yaml --set train.max_minutes=<budget> --set output_dir=<runs-dir>/<row>``
   (in-process through ``textcl.train.run``; ``TEXTCL_SCRATCH_BASE`` points the recipes at
   ``base-sgns``). A row whose recipe or method does not exist is reported as ``skipped`` with
-  the reason; a row whose training fails is ``failed`` with the error, and the next row runs.
+  the reason; a row whose training fails is ``failed`` with the error, and the next row runs;
+* ``<row>+whiten`` -- ``<row>``'s model (already run) with a BERT-whitening layer
+  (``textcl.whitening``) fitted on 20,000 sentences of the training documents: no labels, no
+  evaluation text; its cost (``whiten_seconds``) is recorded, outside the training budget.
 
 Evaluation goes through the SentEval harness (``benchmarks.senteval``): STS "all" Spearman x100
 of cosine similarity on STS12-16, STS-B and SICK-R test sets (original text) and their mean,
@@ -86,6 +89,10 @@ CALIBRATION = {
     "st_simcse_10min_from_random_init": 49.0,
 }
 DEFAULT_TRANSFER = ("mr", "subj", "trec")
+#: ``<row>+whiten``: ``<row>``'s model with a whitening layer (textcl.whitening) fitted on
+#: this many training-split sentences of the chapter corpus (seed 0).
+WHITEN_SUFFIX = "+whiten"
+WHITEN_SENTENCES = 20_000
 BASE_ENV = "TEXTCL_SCRATCH_BASE"
 #: train.save_every_n_steps added to recipes that set none (resumable rows).
 CHECKPOINT_EVERY = 100
@@ -500,8 +507,48 @@ def evaluate_model(spec: Any, settings: Settings) -> dict[str, Any]:
 
 def is_row(name: str, recipes_dir: Path) -> bool:
     """A standard row, or a variant row: any recipe ``<recipes-dir>/<name>.yaml`` (e.g. an
-    objective with other settings), trained and evaluated like the objective rows."""
+    objective with other settings), trained and evaluated like the objective rows, or
+    ``<row>+whiten`` for either."""
+    if name.endswith(WHITEN_SUFFIX):
+        base = name[: -len(WHITEN_SUFFIX)]
+        return base != "avg-sgns" and is_row(base, recipes_dir)
     return name in ROWS or (Path(recipes_dir) / f"{name}.yaml").is_file()
+
+
+def _row_model(name: str, settings: Settings) -> Path:
+    """The model directory a row evaluates (trained rows: must have been run already)."""
+    if name == "random-init":
+        return _scratch_model(settings, "base-random")
+    if name == "sgns-init":
+        return _scratch_model(settings, "base-sgns")
+    path = settings.runs_dir / name
+    if not (path / "modules.json").is_file():
+        raise RowSkipped(f"{path} holds no finished model -- run the row {name!r} first")
+    return path
+
+
+def whiten_row(base: str, settings: Settings) -> dict[str, Any]:
+    """``<base>+whiten``: fit textcl.whitening on training-split sentences, on ``base``'s model."""
+    import random
+
+    from textcl.whitening import whiten_model
+
+    model = _row_model(base, settings)
+    documents = settings.simcse.documents or str(settings.data_dir / "corpora" / "gutenberg_chapters.jsonl.gz")
+    sentences = simcse_sentences(documents, settings.simcse)
+    random.Random(0).shuffle(sentences)
+    out = settings.runs_dir / f"{base}{WHITEN_SUFFIX}"
+    _set_threads(settings.threads)
+    facts = whiten_model(model, sentences, out, max_texts=WHITEN_SENTENCES, seed=0,
+                         batch_size=settings.batch_size, show_progress=settings.show_progress)
+    return {
+        "model": str(out),
+        "base_row": base,
+        "whitening": facts,
+        "whiten_seconds": facts["encode_seconds"] + facts["fit_seconds"],
+        "command": f"textcl.whitening.whiten_model({model}, <{WHITEN_SENTENCES} distinct training-split "
+        f"sentences of {documents}, seed 0>, {out})",
+    }
 
 
 def prepare_row(name: str, settings: Settings) -> dict[str, Any]:
@@ -517,6 +564,8 @@ def prepare_row(name: str, settings: Settings) -> dict[str, Any]:
         return {"model": f"avg-word-vectors:{path}", "command": f"mean of the SGNS vectors in {path}"}
     if name == "st-simcse":
         return train_st_simcse_row(settings)
+    if name.endswith(WHITEN_SUFFIX):
+        return whiten_row(name[: -len(WHITEN_SUFFIX)], settings)
     return train_textcl_row(name, settings)
 
 
@@ -578,6 +627,10 @@ def protocol(settings: Settings) -> dict[str, str]:
         "transfer": f"SentEval protocol via benchmarks.senteval: logistic regression on frozen unit "
         f"embeddings, seed 1111; MR/SUBJ {settings.folds}-fold CV with {settings.inner_folds}-fold "
         f"inner C selection; TREC C by {settings.folds}-fold CV on train, test accuracy",
+        "whiten": f"<row>+whiten rows: <row>'s model followed by BERT-whitening (textcl.whitening: "
+        f"mean and covariance eigenvectors / sqrt(eigenvalues), all dimensions) fitted on "
+        f"{WHITEN_SENTENCES} distinct sentences of the training documents (no labels, no STS data), "
+        "added after training; whiten_seconds records its cost (outside the training budget)",
         "examples_per_sec": "training examples per second in the method's unit (pairs for nsp / "
         "st-simcse, query sentences for neighbour, passages for permutation, documents for declutr)",
     }
@@ -632,7 +685,7 @@ def run_comparison(
     order += [r for r in [*done, *rows] if r not in ROWS and r not in order
               and (r in rows or done.get(r, {}).get("status") == "done")]
     todo = [r for r in rows if done.get(r, {}).get("status") != "done"]
-    trains = sum(r not in BASELINE_ROWS for r in todo)
+    trains = sum(r not in BASELINE_ROWS and not r.endswith(WHITEN_SUFFIX) for r in todo)
     print(
         f"rows to run: {', '.join(todo) or 'none'}; already done: "
         f"{', '.join(r for r in rows if r not in todo) or 'none'}; about "
@@ -677,7 +730,8 @@ def print_table(rows: dict[str, dict[str, Any]], order: list[str], settings: Set
     tcols = [t.upper() for t in settings.transfer_tasks]
     print(f"\nSTS: Spearman x100 'all', cosine; transfer: accuracy %; {settings.budget_minutes:g} min "
           f"training per row; bare-loop reference STS avg {BARE_LOOP_STS_AVG}")
-    header = f"{'row':<12}" + "".join(f"{c:>7}" for c in cols) + f"{'avg':>7}" + "".join(
+    w = max([12, *(len(n) + 1 for n in order)])
+    header = f"{'row':<{w}}" + "".join(f"{c:>7}" for c in cols) + f"{'avg':>7}" + "".join(
         f"{c:>7}" for c in tcols) + f"{'steps':>7}{'ex/s':>8}{'train s':>8}{'eval s':>7}"
     print(header)
     print("-" * len(header))
@@ -686,9 +740,9 @@ def print_table(rows: dict[str, dict[str, Any]], order: list[str], settings: Set
         if r is None:
             continue
         if r.get("status") != "done":
-            print(f"{name:<12} {r.get('status', '?')}: {r.get('reason', '')}")
+            print(f"{name:<{w}} {r.get('status', '?')}: {r.get('reason', '')}")
             continue
-        line = f"{name:<12}" + "".join(f"{_fmt(r['sts'].get(t)):>7}" for t in settings.sts_tasks)
+        line = f"{name:<{w}}" + "".join(f"{_fmt(r['sts'].get(t)):>7}" for t in settings.sts_tasks)
         line += f"{_fmt(r.get('sts_avg')):>7}"
         line += "".join(f"{_fmt(r['transfer'].get(t)):>7}" for t in settings.transfer_tasks)
         steps = r.get("steps")
@@ -706,7 +760,8 @@ def write_plot(rows: dict[str, dict[str, Any]], order: list[str], png: Path, set
 
     names = [n for n in order if rows.get(n, {}).get("status") == "done" and rows[n].get("sts_avg") is not None]
     values = [rows[n]["sts_avg"] for n in names]
-    colors = ["tab:gray" if n in BASELINE_ROWS else "tab:orange" if n == "st-simcse" else "tab:blue" for n in names]
+    colors = ["tab:green" if n.endswith(WHITEN_SUFFIX) else "tab:gray" if n in BASELINE_ROWS
+              else "tab:orange" if n == "st-simcse" else "tab:blue" for n in names]
     fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(names) + 2), 4.2))
     bars = ax.bar(names, values, color=colors)
     ax.bar_label(bars, fmt="%.1f", fontsize=8)

@@ -52,7 +52,7 @@ class Embedder:
     @property
     def dim(self) -> int:
         """Width of the vectors."""
-        return self.encoder.dim
+        return self.encoder.output_dim
 
     @property
     def device(self) -> torch.device:
@@ -94,7 +94,7 @@ class Embedder:
             show_progress = -(-n // batch_size) >= _PROGRESS_MIN_BATCHES
         # On CPU, cap the padded tokens per forward (see cpu_token_budget); it matters for
         # long texts with big batches. GPUs want the biggest batches, so no cap there.
-        budget = cpu_token_budget(self.dim) if device.type == "cpu" else None
+        budget = cpu_token_budget(encoder.dim) if device.type == "cpu" else None
         from tqdm.auto import tqdm
 
         was_training = encoder.training
@@ -121,7 +121,7 @@ class Embedder:
                         features = encoder.collate([ids[j] for j in sel])
                         if device.type != "cpu":
                             features = {k: v.to(device, non_blocking=True) for k, v in features.items()}
-                        emb = encoder(features)
+                        emb = encoder.embed(features)
                         if normalize:
                             emb = torch.nn.functional.normalize(emb, p=2, dim=1)
                         out[[idx[j] for j in sel]] = emb.float().cpu().numpy()

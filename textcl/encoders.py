@@ -270,6 +270,7 @@ class _STLayout:
     max_seq_length: int | None
     pooling: str
     normalize: bool
+    dense_subfolder: str | None = None  # an affine Dense module (whitening) after Pooling
 
 
 def _pooling_from_config(cfg: dict[str, Any], where: str) -> str:
@@ -290,7 +291,7 @@ def _read_st_layout(loc: _Location) -> _STLayout | None:
     modules = loc.json("modules.json")
     if modules is None:
         return None
-    transformer_dir = pooling = None
+    transformer_dir = pooling = dense_dir = None
     normalize = False
     for module in sorted(modules, key=lambda m: int(m.get("idx", 0))):
         kind = module["type"].rsplit(".", 1)[-1]
@@ -301,11 +302,17 @@ def _read_st_layout(loc: _Location) -> _STLayout | None:
             pooling = _pooling_from_config(cfg, f"{loc.ref}/{module['path']}")
         elif kind == "Normalize":
             normalize = True
+        elif kind == "Dense" and pooling is not None and dense_dir is None and not normalize:
+            from textcl.whitening import check_identity_dense
+
+            cfg = loc.json(f"{module['path']}/config.json") or {}
+            check_identity_dense(cfg, f"{loc.ref}/{module['path']}")
+            dense_dir = module["path"]
         else:
             # A Dense/LayerNorm/... module we would silently drop changes the vectors.
             raise ValueError(
                 f"{loc.ref}: sentence-transformers module {module['type']} is not supported by "
-                "TextEncoder (supported: Transformer, Pooling, Normalize)"
+                "TextEncoder (supported: Transformer, Pooling, one affine Dense, Normalize)"
             )
     if transformer_dir is None or pooling is None:
         raise ValueError(f"{loc.ref}: modules.json needs a Transformer and a Pooling module")
@@ -320,7 +327,16 @@ def _read_st_layout(loc: _Location) -> _STLayout | None:
                     "if the tokenizer does not", loc.ref,
                 )
             break
-    return _STLayout(transformer_dir, max_seq_length, pooling, normalize)
+    return _STLayout(transformer_dir, max_seq_length, pooling, normalize, dense_dir)
+
+
+def _module_dir(loc: _Location, subfolder: str) -> Path:
+    """Local directory of an ST module (downloaded from the hub if the model is not local)."""
+    if loc.local:
+        return Path(loc.ref) / subfolder
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(loc.ref, allow_patterns=[f"{subfolder}/*"])) / subfolder
 
 
 def _load_transformer(name_or_path: str, **kwargs: Any) -> Any:
@@ -401,6 +417,8 @@ class TextEncoder(nn.Module):
         self.max_seq_length = int(max_seq_length)
         self.normalize = bool(normalize)
         self.projection: nn.Module | None = None
+        #: Inference-only affine map after pooling (whitening); saved as an ST Dense module.
+        self.output_layer: nn.Module | None = None
         if projection_dim is not None:
             d = self.dim
             if projection_hidden_dim is not None:
@@ -430,6 +448,7 @@ class TextEncoder(nn.Module):
         projection_dim: int | None = None,
         projection_hidden_dim: int | None = None,
         transformer: nn.Module | None = None,
+        output_layer: bool = True,
     ) -> TextEncoder:
         """Load from a sentence-transformers / textcl directory, a plain HF model dir or a hub name.
 
@@ -438,6 +457,9 @@ class TextEncoder(nn.Module):
         arguments override. With ``transformer=`` (e.g. the base model of an MLM model, so the
         heads share weights) no weights are loaded: ``name_or_path`` gives the tokenizer and,
         if it is an ST directory, its settings.
+        An affine ``Dense`` module after
+        Pooling (a whitening layer, :mod:`textcl.whitening`) becomes :attr:`output_layer` unless
+        ``output_layer=False`` (training: the layer was fitted to the features before training).
         """
         from transformers import AutoTokenizer
 
@@ -465,6 +487,17 @@ class TextEncoder(nn.Module):
             projection_dim=projection_dim,
             projection_hidden_dim=projection_hidden_dim,
         )
+        if layout is not None and layout.dense_subfolder is not None:
+            if output_layer:
+                from textcl.whitening import Whitening
+
+                encoder.output_layer = Whitening.load(_module_dir(loc, layout.dense_subfolder))
+            else:
+                logger.warning(
+                    "%s ends with a whitening/Dense layer fitted to its features before training; "
+                    "it is dropped (fit it again on the trained model: python -m textcl.whitening)",
+                    loc.ref,
+                )
         # We own this tokenizer, so make its default agree with ours for direct callers.
         tokenizer.model_max_length = encoder.max_seq_length
         return encoder
@@ -473,6 +506,16 @@ class TextEncoder(nn.Module):
     def dim(self) -> int:
         """Width of the pooled embedding (before any projection head)."""
         return int(self.transformer.config.hidden_size)
+
+    @property
+    def output_dim(self) -> int:
+        """Width of the exported embedding: :attr:`dim`, or the output layer's width."""
+        return self.dim if self.output_layer is None else int(self.output_layer.out_features)
+
+    def embed(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The exported (inference) embedding: pooled, then :attr:`output_layer` if any; not normalized."""
+        pooled = self.forward(features)
+        return pooled if self.output_layer is None else self.output_layer(pooled)
 
     @property
     def device(self) -> torch.device:
@@ -624,8 +667,8 @@ class TextEncoder(nn.Module):
         """Write a sentence-transformers model directory into ``path`` (created if needed).
 
         Files: safetensors weights + config.json, tokenizer files, modules.json,
-        sentence_bert_config.json, 1_Pooling/config.json, a Normalize module iff
-        ``normalize``, config_sentence_transformers.json and README.md (= ``model_card``).
+        sentence_bert_config.json, 1_Pooling/config.json, 2_Dense iff :attr:`output_layer`, a
+        Normalize module iff ``normalize``, config_sentence_transformers.json and README.md (= ``model_card``).
         The projection head is not saved. The caller handles atomicity (temp dir + rename).
         """
         # We write ST's files ourselves rather than building ST modules and calling ST's save:
@@ -649,10 +692,16 @@ class TextEncoder(nn.Module):
             {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
             {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
         ]
+        if self.output_layer is not None:
+            modules.append(
+                {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"}
+            )
+            self.output_layer.save(path / "2_Dense")
         if self.normalize:
             # No files: ST's Normalize has no parameters and loads without a config.
+            n = len(modules)
             modules.append(
-                {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}
+                {"idx": n, "name": str(n), "path": f"{n}_Normalize", "type": "sentence_transformers.models.Normalize"}
             )
         _write_json(path / "modules.json", modules)
         _write_json(

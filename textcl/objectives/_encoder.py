@@ -39,6 +39,7 @@ def build_encoder(m: EncoderSection, transformer: torch.nn.Module | None = None)
         projection_dim=m.projection_dim,
         projection_hidden_dim=m.projection_hidden_dim,
         transformer=transformer,
+        output_layer=False,  # a whitening layer was fitted to the pre-training features
     )
 
 

@@ -1,0 +1,310 @@
+"""Whitening of sentence embeddings (BERT-whitening, Su et al. 2021; WhiteningBERT, Huang et al. 2021).
+
+Embeddings of an encoder trained for minutes (or not at all) are anisotropic: a few
+directions carry most of the variance, so cosine similarity is dominated by them. Fitting
+``x -> (x - mean) @ U diag(1/sqrt(lambda))`` on embeddings of *unlabelled* in-domain text
+(``U``, ``lambda``: eigenvectors / values of their covariance) makes the covariance the
+identity; keeping the top ``k`` components also reduces the dimension. No labels and no
+evaluation data are involved -- only sentences of the training corpus.
+
+The transform is one affine layer, saved as a sentence-transformers ``Dense`` module with
+identity activation between Pooling and Normalize, so a whitened model loads with one call
+in sentence-transformers and in textcl (``Embedder.load``)::
+
+    python -m textcl.whitening runs/neighbour --corpus corpus.txt.gz --out runs/neighbour-whitened
+
+Training from a whitened model drops the layer (training changes the features it was fitted
+to); fit it again afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["Whitening", "read_texts", "whiten_model"]
+
+logger = logging.getLogger("textcl.whitening")
+
+CITATION = """@article{su2021whitening,
+  title = {Whitening Sentence Representations for Better Semantics and Faster Retrieval},
+  author = {Su, Jianlin and Cao, Jiarun and Liu, Weijie and Ou, Yangyiwen},
+  journal = {arXiv preprint arXiv:2103.15316},
+  year = {2021}
+}"""
+
+#: What sentence-transformers writes for an identity activation (``fullname(nn.Identity())``).
+IDENTITY = "torch.nn.modules.linear.Identity"
+#: The file a whitened model keeps the fit's facts in.
+FIT_FILE = "whitening.json"
+
+
+class Whitening(nn.Module):
+    """The affine map ``x -> (x - mean) @ W``, stored as ``linear`` (ST ``Dense`` layout)."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        """An identity-initialised map of ``in_features`` -> ``out_features`` (use :meth:`fit`)."""
+        super().__init__()
+        if not 1 <= out_features <= in_features:
+            raise ValueError(f"whitening keeps 1..{in_features} dimensions, got {out_features}")
+        self.linear = nn.Linear(in_features, out_features)
+        with torch.no_grad():
+            self.linear.weight.copy_(torch.eye(out_features, in_features))
+            self.linear.bias.zero_()
+        self.linear.requires_grad_(False)
+        #: Fraction of the fitted embeddings' variance per kept component (set by :meth:`fit`).
+        self.explained: np.ndarray | None = None
+
+    @property
+    def in_features(self) -> int:
+        return self.linear.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.linear.out_features
+
+    @classmethod
+    def fit(cls, embeddings: np.ndarray | torch.Tensor, dim: int | None = None, eps: float = 1e-9) -> Whitening:
+        """Fit on ``(n, d)`` embeddings; ``dim`` keeps the top components (default: all ``d``).
+
+        In float64: ``mean``, covariance ``C`` (n - 1), ``C = U diag(lambda) U^T`` with
+        eigenvalues in decreasing order, ``W = U[:, :dim] / sqrt(lambda[:dim] + eps)``.
+        """
+        x = embeddings.detach().cpu().numpy() if isinstance(embeddings, torch.Tensor) else np.asarray(embeddings)
+        if x.ndim != 2:
+            raise ValueError(f"embeddings must be (n, d), got shape {x.shape}")
+        n, d = x.shape
+        if n < 2:
+            raise ValueError(f"whitening needs at least 2 embeddings to estimate a covariance, got {n}")
+        x = x.astype(np.float64)
+        if not np.isfinite(x).all():
+            raise ValueError("embeddings contain NaN or inf -- the encoder produced non-finite vectors")
+        dim = d if dim is None else int(dim)
+        if not 1 <= dim <= d:
+            raise ValueError(f"dim must be in 1..{d} (the embedding width), got {dim}")
+        if n <= d:
+            logger.warning(
+                "%d embeddings for %d dimensions: the covariance is singular and the smallest "
+                "components are noise; fit on at least 10x as many sentences as dimensions", n, d
+            )
+        mean = x.mean(axis=0)
+        centered = x - mean
+        cov = centered.T @ centered / (n - 1)
+        values, vectors = np.linalg.eigh(cov)  # ascending
+        order = np.argsort(values)[::-1][:dim]
+        values = np.clip(values[order], 0.0, None)
+        w = vectors[:, order] / np.sqrt(values + eps)  # (d, dim)
+        out = cls(d, dim)
+        with torch.no_grad():
+            out.linear.weight.copy_(torch.from_numpy(w.T.copy()))
+            out.linear.bias.copy_(torch.from_numpy(-(mean @ w)))
+        out.explained = values / max(float(np.clip(np.linalg.eigvalsh(cov), 0, None).sum()), 1e-300)
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, in_features)`` -> ``(B, out_features)``."""
+        return self.linear(x.to(self.linear.weight.dtype))
+
+    # ---- the sentence-transformers Dense module layout
+
+    def save(self, path: str | Path) -> None:
+        """Write ``config.json`` + ``model.safetensors`` as sentence-transformers' ``Dense`` does."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        config = {
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "bias": True,
+            "activation_function": IDENTITY,
+        }
+        (path / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(path / "model.safetensors"))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Whitening:
+        """Read a ``Dense`` module directory with identity activation and a bias."""
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        config_file = path / "config.json"
+        if not config_file.is_file():
+            raise FileNotFoundError(f"{config_file} not found: not a sentence-transformers Dense module")
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        check_identity_dense(config, str(path))
+        weights = path / "model.safetensors"
+        if not weights.is_file():
+            raise FileNotFoundError(
+                f"{weights} not found (textcl reads safetensors only; re-save the model with "
+                "sentence-transformers' safe_serialization=True)"
+            )
+        out = cls(int(config["in_features"]), int(config["out_features"]))
+        out.load_state_dict(load_file(str(weights)))
+        return out
+
+
+def check_identity_dense(config: dict[str, Any], where: str) -> None:
+    """Raise unless a Dense module config is an affine map (identity activation, bias, no residual)."""
+    activation = config.get("activation_function", "torch.nn.modules.activation.Tanh")
+    problems = []
+    if activation != IDENTITY:
+        problems.append(f"activation {activation}")
+    if not config.get("bias", True):
+        problems.append("no bias")
+    if config.get("use_residual"):
+        problems.append("a residual connection")
+    if problems:
+        raise ValueError(
+            f"{where}: Dense module with {', '.join(problems)} is not supported by TextEncoder "
+            "(only affine Dense layers with identity activation, as textcl.whitening writes)"
+        )
+
+
+def read_texts(source: str | Path, *, text_field: str = "text") -> list[str]:
+    """Texts to fit on: lines of a ``.txt[.gz]`` file (one sentence each), or the sentences of a
+    document corpus (``.jsonl[.gz]`` / ``hf://`` dataset, split by :mod:`textcl.sentences`)."""
+    source = str(source)
+    suffixes = [s for s in Path(source).suffixes if s != ".gz"]
+    if not source.startswith("hf://") and not (suffixes and suffixes[-1] in (".jsonl", ".json")):
+        import gzip
+
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"corpus {path} not found -- fix --corpus")
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
+            return [line.strip() for line in fh if line.strip()]
+    from textcl.sentences import load_sentence_documents
+
+    docs, _ = load_sentence_documents(source, text_field=text_field, id_field=None, min_sentences=1)
+    return [s for d in docs for s in d.sentences]
+
+
+def sample_texts(texts: Sequence[str], n: int | None, seed: int = 0) -> list[str]:
+    """``n`` distinct texts drawn uniformly with ``seed`` (all of them, shuffled, if fewer)."""
+    unique = list(dict.fromkeys(t for t in texts if t.strip()))
+    random.Random(seed).shuffle(unique)
+    return unique if n is None else unique[:n]
+
+
+def whiten_model(
+    model: str | Path,
+    texts: Sequence[str],
+    out: str | Path,
+    *,
+    dim: int | None = None,
+    max_texts: int | None = 20_000,
+    seed: int = 0,
+    batch_size: int = 64,
+    device: str | None = None,
+    show_progress: bool | None = None,
+) -> dict[str, Any]:
+    """Fit whitening on ``texts`` embedded by ``model`` and write the whitened model to ``out``.
+
+    ``max_texts`` distinct texts are drawn with ``seed``. ``out`` is written to a temporary
+    directory and renamed into place, so an interrupted run never leaves a half model.
+    Returns the fit's facts (also written to ``out/whitening.json``).
+    """
+    from textcl.core.io import atomic_write_json, replace_dir
+    from textcl.embed import Embedder
+
+    chosen = sample_texts(texts, max_texts, seed)
+    if len(chosen) < 2:
+        raise ValueError(f"whitening needs at least 2 distinct non-empty texts, got {len(chosen)}")
+    embedder = Embedder.load(str(model), device=device)
+    if embedder.encoder.output_layer is not None:
+        raise ValueError(f"{model} already ends with a Dense/whitening layer; whiten the model it was made from")
+    start = time.perf_counter()
+    x = embedder.encode(chosen, batch_size=batch_size, normalize=False, show_progress=show_progress)
+    encode_s = time.perf_counter() - start
+    layer = Whitening.fit(x, dim)
+    fit_s = time.perf_counter() - start - encode_s
+    encoder = embedder.encoder
+    encoder.output_layer = layer.to(encoder.device)
+    facts = {
+        "source_model": str(model),
+        "texts": len(chosen),
+        "seed": seed,
+        "in_dim": layer.in_features,
+        "dim": layer.out_features,
+        "variance_kept": float(layer.explained.sum()),  # type: ignore[union-attr]
+        "top_component_variance": float(layer.explained[0]),  # type: ignore[index]
+        "encode_seconds": encode_s,
+        "fit_seconds": fit_s,
+    }
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp-{int(time.time() * 1e6)}")
+    card = _card(Path(model), facts)
+    encoder.save(tmp, model_card=card)
+    atomic_write_json(tmp / FIT_FILE, facts)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    replace_dir(tmp, out)
+    return facts
+
+
+def _card(model: Path, facts: dict[str, Any]) -> str:
+    """The source model's card (if any) with a section on the whitening appended."""
+    source = model / "README.md"
+    text = source.read_text(encoding="utf-8") if source.is_file() else "# Sentence encoder\n"
+    return text.rstrip("\n") + (
+        "\n\n## Whitening\n\n"
+        f"The pooled embedding goes through a whitening layer (BERT-whitening, Su et al. 2021) fitted "
+        f"with `textcl.whitening` on {facts['texts']:,} unlabelled sentences (seed {facts['seed']}): "
+        f"`(x - mean) @ U diag(1/sqrt(lambda))`, keeping {facts['dim']} of {facts['in_dim']} "
+        f"dimensions ({100 * facts['variance_kept']:.1f}% of the variance). It is stored as a "
+        "sentence-transformers `Dense` module with identity activation. Fine-tuning this model "
+        "drops the layer; refit it afterwards.\n\n"
+        f"```bibtex\n{CITATION}\n```\n"
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m textcl.whitening",
+        description="Fit BERT-whitening on unlabelled sentences and write a whitened copy of a model.",
+    )
+    p.add_argument("model", help="textcl / sentence-transformers model directory (or hub name)")
+    p.add_argument("--corpus", required=True,
+                   help=".txt[.gz] (one sentence per line) or a document corpus .jsonl[.gz] / hf://name")
+    p.add_argument("--out", required=True, help="directory for the whitened model (replaced atomically)")
+    p.add_argument("--dim", type=int, default=None, help="components kept (default: all)")
+    p.add_argument("--sentences", type=int, default=20_000, help="distinct sentences fitted on (default 20000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--text-field", default="text")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default=None)
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """CLI entry point; prints the fit's facts as JSON."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        texts = read_texts(args.corpus, text_field=args.text_field)
+        facts = whiten_model(
+            args.model, texts, args.out, dim=args.dim, max_texts=args.sentences, seed=args.seed,
+            batch_size=args.batch_size, device=args.device,
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(json.dumps(facts, indent=2))
+    return facts
+
+
+if __name__ == "__main__":
+    main()
