@@ -2,7 +2,7 @@
 
     python -m benchmarks.vision [--methods simclr npid pirl moco swav] [--budget-minutes M]
         [--jobs J] [--curve-points P] [--data-dir DIR] [--out F.json] [--plot] [--threads T]
-        [--probe-train N] [--probe-test N] [--augment-speed]
+        [--probe-train N] [--probe-test N] [--augment-speed] [--update]
 
 Each method runs its CPU recipe ``recipes/vision/<method>_cifar10_cpu.yaml`` through
 ``textcl.train.run`` -- the same trainer and CLI path as any recipe -- into
@@ -267,6 +267,25 @@ def write_plot(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def merge_rows(previous: dict[str, Any], rows: list[dict[str, Any]], methods: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
+    """``--update``: ``rows`` (random init first, then ``methods``) plus ``previous``' rows of the
+    other methods, in METHODS order; and the commands that made the kept rows."""
+    kept = [r for r in previous.get("rows", []) if "knn_curve" in r and r.get("method") not in methods]
+    order = {m: i for i, m in enumerate(METHODS)}
+    merged = rows[:1] + sorted(kept + rows[1:], key=lambda r: order.get(r.get("method"), len(order)))
+    return merged, [*previous.get("earlier_commands", []), previous.get("command", "?")]
+
+
+def _previous_report(out: Path) -> dict[str, Any] | None:
+    """The report at ``out`` for ``--update`` (``None`` if there is none yet)."""
+    if not out.is_file():
+        return None
+    try:
+        return json.loads(out.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"error: {out}: not valid JSON ({exc.msg}); move it away or drop --update") from None
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(prog="python -m benchmarks.vision", description=__doc__.split("\n")[0])
@@ -288,9 +307,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--probe-test", type=int, default=2000)
     p.add_argument("--runs-dir", type=Path, default=Path("runs/vision-bench"))
     p.add_argument("--augment-speed", action="store_true", help="also time torch vs kornia augmentation")
+    p.add_argument("--update", action="store_true",
+                   help="keep the other methods' rows of an existing --out and replace only the rows of "
+                   "--methods (e.g. one method rerun after a recipe change)")
     args = p.parse_args(argv)
     if args.plot and args.out is None:
         p.error("--plot needs --out")
+    if args.update and args.out is None:
+        p.error("--update needs --out")
+    previous = _previous_report(args.out) if args.update else None
     data = resolve_data_dir(args.data_dir, CIFAR)
     os.environ["TEXTCL_DATA"] = str(data)  # the recipes read ${TEXTCL_DATA}
     torch.set_num_threads(args.threads)
@@ -307,6 +332,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             rows += pool.map(_run_in_process, jobs, chunksize=1)
     else:
         rows += [_run_in_process(j) for j in jobs]
+    command = "python -m benchmarks.vision " + shlex.join(argv)
+    history: list[str] = []
+    if previous is not None:
+        rows, history = merge_rows(previous, rows, args.methods)
     report: dict[str, Any] = {
         "rows": rows,
         "protocol": {
@@ -318,11 +347,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "peak_memory": "peak resident memory (ru_maxrss) of the process that trained the method",
             "total_seconds": time.perf_counter() - started,
         },
-        "command": "python -m benchmarks.vision " + shlex.join(argv),
+        "command": command,
         "environment": environment(("kornia", "accelerate")),
     }
+    if history:
+        # Rows kept from these runs: their protocol entries (jobs, total_seconds) are the last run's.
+        report["earlier_commands"] = history
     if args.augment_speed:
         report["augment_speed"] = augment_speed()
+    elif previous is not None and "augment_speed" in previous:
+        report["augment_speed"] = previous["augment_speed"]
     print_table(report)
     if args.out is not None:
         write_report(args.out, report)

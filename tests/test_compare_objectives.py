@@ -228,3 +228,20 @@ def test_st_simcse_row_trains_with_sentence_transformers(settings, tmp_path, sma
     assert (settings.runs_dir / "st-simcse" / "modules.json").is_file()
     assert not (settings.runs_dir / ".tmp-st-simcse").exists()
     assert "MultipleNegativesRankingLoss(scale=20)" in row["command"]
+
+
+def test_whiten_rows_fit_on_training_sentences_and_need_their_base_row(settings, tmp_path, small_documents):
+    settings.simcse.documents = str(small_documents)
+    with pytest.raises(ValueError, match=r"unknown rows .*avg-sgns\+whiten"):  # no encoder to whiten
+        co.run_comparison(settings, ["avg-sgns+whiten"], tmp_path / "res.json")
+    out = tmp_path / "res.json"
+    rows = co.run_comparison(settings, ["sgns-init", "sgns-init+whiten", "nsp+whiten"], out)
+    assert rows["nsp+whiten"]["status"] == "skipped" and "run the row 'nsp' first" in rows["nsp+whiten"]["reason"]
+    row = rows["sgns-init+whiten"]
+    assert row["status"] == "done", row.get("reason")
+    assert row["base_row"] == "sgns-init" and row["whitening"]["dim"] == 16 and row["whitening"]["texts"] > 16
+    model = Path(row["model"])
+    assert model == settings.runs_dir / "sgns-init+whiten" and (model / "2_Dense" / "model.safetensors").is_file()
+    # Whitening is affine, so it changes the cosine scores: the STS numbers differ from the start's.
+    assert row["sts"] != rows["sgns-init"]["sts"]
+    assert json.loads(out.read_text())["order"] == ["sgns-init", "sgns-init+whiten", "nsp+whiten"]

@@ -195,3 +195,17 @@ def test_vision_benchmark_budget_and_curve_spacing():
     # 15 minutes at 1.5 s/step = 600 steps; 10 points -> every 60 steps.
     assert eval_interval(15, {"s_per_step": 1.5}, 10) == 60
     assert eval_interval(0.01, {"s_per_step": 1.5}, 10) == 1
+
+
+def test_vision_benchmark_update_replaces_only_the_rerun_methods():
+    from benchmarks.vision import merge_rows
+
+    def row(method, knn):
+        return {"method": method, "knn_top1": knn, "knn_curve": []}
+
+    previous = {"rows": [{"method": "random init", "knn_top1": 0.3}, row("simclr", 0.47), row("swav", 0.41),
+                         row("moco", 0.46)], "command": "first", "earlier_commands": ["zeroth"]}
+    merged, history = merge_rows(previous, [{"method": "random init", "knn_top1": 0.3}, row("swav", 0.45)], ["swav"])
+    assert [(r["method"], r["knn_top1"]) for r in merged] == [
+        ("random init", 0.3), ("simclr", 0.47), ("moco", 0.46), ("swav", 0.45)]
+    assert history == ["zeroth", "first"]
