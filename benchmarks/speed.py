@@ -31,7 +31,7 @@ benchmarks/results/speed.json --plot`` takes about 15 minutes on 2 idle cores.
   ``$TEXTCL_DATA/corpora/gutenberg_sentences.txt.gz``.
 * ``vision``: images/s of a training step of each image method (simclr, npid, pirl, moco,
   swav) through the shared ``Trainer`` on its CPU recipe (``recipes/vision/<m>_cifar10_cpu.yaml``:
-  quarter-width ResNet, batch 256, CIFAR-10; synthetic 32x32 images if the data directory
+  quarter-width ResNet, the recipe's batch (256; SwAV 128), CIFAR-10; synthetic 32x32 images if the data directory
   has no ``vision/cifar10.npz``): ``--vision-steps`` steps timed after ``--vision-warmup``
   warm-up steps, from the end of the last warm-up step to the end of the last step (data,
   forward, backward, optimizer, method hooks). NPID / PIRL start from a random memory bank
