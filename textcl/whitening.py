@@ -101,15 +101,15 @@ class Whitening(nn.Module):
         mean = x.mean(axis=0)
         centered = x - mean
         cov = centered.T @ centered / (n - 1)
-        values, vectors = np.linalg.eigh(cov)  # ascending
-        order = np.argsort(values)[::-1][:dim]
-        values = np.clip(values[order], 0.0, None)
+        all_values, vectors = np.linalg.eigh(cov)  # ascending
+        order = np.argsort(all_values)[::-1][:dim]
+        values = np.clip(all_values[order], 0.0, None)
         w = vectors[:, order] / np.sqrt(values + eps)  # (d, dim)
         out = cls(d, dim)
         with torch.no_grad():
             out.linear.weight.copy_(torch.from_numpy(w.T.copy()))
             out.linear.bias.copy_(torch.from_numpy(-(mean @ w)))
-        out.explained = values / max(float(np.clip(np.linalg.eigvalsh(cov), 0, None).sum()), 1e-300)
+        out.explained = values / max(float(np.clip(all_values, 0.0, None).sum()), 1e-300)
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
