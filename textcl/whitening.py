@@ -176,9 +176,10 @@ def check_identity_dense(config: dict[str, Any], where: str) -> None:
 def read_texts(source: str | Path, *, text_field: str = "text") -> list[str]:
     """Texts to fit on: lines of a ``.txt[.gz]`` file (one sentence each), or the sentences of a
     document corpus (``.jsonl[.gz]`` / ``hf://`` dataset, split by :mod:`textcl.sentences`)."""
+    from textcl.corpus import _is_text_file
+
     source = str(source)
-    suffixes = [s for s in Path(source).suffixes if s != ".gz"]
-    if not source.startswith("hf://") and not (suffixes and suffixes[-1] in (".jsonl", ".json")):
+    if _is_text_file(source):
         import gzip
 
         path = Path(source)
