@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -212,3 +213,143 @@ def test_pipeline_config_errors_name_the_key(corpus, tmp_path, capsys, monkeypat
     no_files.write_text(f"output_dir: {tmp_path}\n")
     with pytest.raises(RecipeError, match="TEXTCL_DATA is not set"):
         load_pipeline_config(no_files)
+
+
+# --------------------------------------------------------------------------- base-mlm
+
+
+@pytest.fixture(scope="module")
+def repetitive(tmp_path_factory) -> Path:
+    """24 short sentences, each 25 times: little to learn, learnt in a few dozen steps."""
+    words = ("the old man walked to the door and looked out at the sea while his dog slept by the fire "
+             "in a small house on the hill").split()
+    sentences = [" ".join(words[i : i + 6 + i % 5]).capitalize() + "." for i in range(24)]
+    path = tmp_path_factory.mktemp("mlm") / "sentences.txt"
+    path.write_text("".join(s + "\n" for s in sentences * 25))
+    return path
+
+
+MLM_TINY = dict(enabled=True, max_minutes=None, batch_size=16, max_length=24, lr=2e-3, heldout_sentences=48,
+                threads=1, warmup_ratio=0.1)
+
+
+def _mlm_cfg(files: Path, **over):
+    from textcl.scratch import MLMStage
+
+    return MLMStage.model_validate({**MLM_TINY, "files": [str(files)], **over})
+
+
+def _vectors(tmp_path: Path, tokenizer_dir: Path) -> Path:
+    """A few SGNS-like vectors (skips training SGNS in the pipeline)."""
+    words = ["the", "old", "man", "door", "sea", "dog", "house", "hill"]
+    rng = np.random.default_rng(0)
+    path = tmp_path / "vectors.txt"
+    WordVectors(words, rng.standard_normal((len(words), 8)).astype(np.float32)).save(path)
+    return path
+
+
+def test_mlm_stage_trains_saves_an_st_dir_and_feeds_train(corpus, repetitive, tmp_path, monkeypatch, tokenizer_dir):
+    from safetensors.torch import load_file
+
+    import textcl.scratch as scratch
+    from textcl.encoders import TextEncoder
+
+    extra = ("mlm: {enabled: true, max_minutes: null, max_steps: 60, batch_size: 16, max_length: 24, lr: 5.0e-3, "
+             f"heldout_sentences: 48, eval_every_steps: 20, threads: 1, files: [{repetitive}]}}\n")
+    # The default pipeline has no base-mlm stage; enabled, it comes after base-sgns.
+    assert not load_pipeline_config(_pipeline_yaml(tmp_path, corpus, None)).mlm.enabled
+    path = _pipeline_yaml(tmp_path, corpus, _vectors(tmp_path, tokenizer_dir), extra=extra)
+    summary = run_pipeline(load_pipeline_config(path))
+    out = tmp_path / "out"
+    assert list(summary["stages"]) == ["tokenizer", "sgns", "base-random", "base-sgns", "base-mlm"]
+    assert summary["stages"]["base-mlm"]["status"] == "done"
+    mlm_dir = out / "base-mlm"
+    assert not (out / ".tmp-base-mlm").exists() and not (mlm_dir / "checkpoint").exists()
+
+    metrics = json.loads((mlm_dir / "mlm_metrics.json").read_text())
+    curve = metrics["curve"]
+    assert [r["step"] for r in curve] == [0, 20, 40, 60] and metrics["steps"] == 60
+    assert set(curve[0]) == {"step", "train_seconds", "heldout_loss", "heldout_accuracy"}
+    assert curve[-1]["heldout_loss"] < 0.8 * curve[0]["heldout_loss"]
+    assert curve[-1]["heldout_loss"] < curve[1]["heldout_loss"] < curve[0]["heldout_loss"]
+    assert curve[-1]["heldout_accuracy"] > curve[0]["heldout_accuracy"]
+    recorded = json.loads((out / "pipeline.json").read_text())["stages"]["base-mlm"]
+    assert recorded["curve"] == curve and recorded["heldout_loss"] == curve[-1]["heldout_loss"]
+
+    # Same layout as base-sgns (an ST dir, no MLM head), loadable, with trained weights.
+    sgns_files = {p.name for p in (out / "base-sgns").iterdir()}
+    assert sgns_files <= {p.name for p in mlm_dir.iterdir()}
+    weights = load_file(mlm_dir / "model.safetensors")
+    before = load_file(out / "base-sgns" / "model.safetensors")
+    assert set(weights) == set(before)  # no cls.* / predictions.* keys
+    assert not torch.equal(weights["encoder.layer.0.attention.self.query.weight"],
+                           before["encoder.layer.0.attention.self.query.weight"])
+    enc = TextEncoder.from_pretrained(str(mlm_dir))
+    with torch.no_grad():
+        assert enc.pooling == "mean" and enc(enc.tokenize(["the old man walked"])).shape == (1, 16)
+
+    # The train stage starts from base-mlm (TEXTCL_SCRATCH_BASE); base-mlm is not rebuilt.
+    seen = {}
+
+    def fake_train(cfg, forced):
+        seen["base"] = os.environ[scratch.BASE_ENV]
+        return {}
+
+    monkeypatch.setattr(scratch, "_stage_train", fake_train)
+    monkeypatch.setattr(scratch, "_train_done", lambda cfg: None)
+    summary = run_pipeline(load_pipeline_config(path, ["train.recipe=unused.yaml"]))
+    assert seen["base"] == str(mlm_dir)
+    assert summary["stages"]["base-mlm"]["status"] == "skipped"
+    assert summary["stages"]["train"]["start_model"] == str(mlm_dir)
+
+
+def test_mlm_stage_resumes_bitwise_from_its_checkpoint(tokenizer_dir, repetitive, tmp_path, monkeypatch, caplog):
+    import logging
+
+    from safetensors.torch import load_file
+
+    import textcl.scratch as scratch
+    from textcl.scratch import train_mlm
+
+    start = build_bert(tokenizer_dir, tmp_path / "base", **TINY)
+    cfg = _mlm_cfg(repetitive, max_steps=10, eval_every_steps=5, checkpoint_every_steps=5)
+    straight = train_mlm(start, tmp_path / "straight", cfg, cfg.files)
+
+    # A run killed right after its step-5 checkpoint ...
+    save = scratch._save_mlm_checkpoint
+
+    def save_then_die(directory, state):
+        save(directory, state)
+        if state["step"] == 5:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(scratch, "_save_mlm_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_mlm(start, tmp_path / "killed", cfg, cfg.files)
+    assert (tmp_path / "killed" / "checkpoint" / "state.pt").is_file()
+    assert not (tmp_path / "killed" / "modules.json").exists()
+    state = torch.load(tmp_path / "killed" / "checkpoint" / "state.pt", weights_only=True)
+    assert int(state["step"]) == 5 and {"model", "optimizer", "rng", "curve"} <= set(state)
+    monkeypatch.setattr(scratch, "_save_mlm_checkpoint", save)
+    # ... continues from step 5 and ends where the uninterrupted run ended, bit for bit.
+    with caplog.at_level(logging.INFO, logger="textcl.scratch"):
+        resumed = train_mlm(start, tmp_path / "killed", cfg, cfg.files)
+    assert "resuming at step 5" in caplog.text
+    assert resumed["steps"] == straight["steps"] == 10
+    strip = lambda c: [{k: v for k, v in r.items() if k != "train_seconds"} for r in c]  # noqa: E731
+    assert strip(resumed["curve"]) == strip(straight["curve"]) and len(straight["curve"]) == 3
+    a = load_file(tmp_path / "straight" / "model.safetensors")
+    b = load_file(tmp_path / "killed" / "model.safetensors")
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert not (tmp_path / "killed" / "checkpoint").exists()
+
+    # resume=False (--force base-mlm) starts over instead.
+    with caplog.at_level(logging.INFO, logger="textcl.scratch"):
+        caplog.clear()
+        train_mlm(start, tmp_path / "straight", cfg, cfg.files, resume=False)
+    assert "resuming" not in caplog.text
+
+    # Without max_steps the time budget ends the stage (and the schedule runs on it).
+    budget = train_mlm(start, tmp_path / "budget", _mlm_cfg(repetitive, max_minutes=0.005), [str(repetitive)])
+    assert budget["stopped_by"] == "max_minutes" and budget["steps"] >= 1
+    assert budget["train_seconds"] >= 0.3 and budget["curve"][-1]["step"] == budget["steps"]

@@ -31,6 +31,7 @@ from textcl.objectives._encoder import (
     encoder_card_facts,
     resolve_chunk_tokens,
 )
+from textcl.objectives._mlm import MLMAuxiliary, build_encoder_and_mlm
 from textcl.sentences import (
     SentenceDataSection,
     SentenceDocument,
@@ -217,9 +218,10 @@ def duplicate_text_mask(query_keys: torch.Tensor, candidate_keys: torch.Tensor,
 
 
 # --------------------------------------------------------------------- base method
-class SentenceObjective(Method):
+class SentenceObjective(MLMAuxiliary, Method):
     """Base of the sentence-level objectives: an encoder, train / held-out sentence corpora
-    and the seed; ``from_recipe``, ``card_info`` and ``save_model`` shared.
+    and the seed; ``from_recipe``, ``card_info`` and ``save_model`` shared; the auxiliary MLM
+    term (``objective.mlm_weight``, :mod:`textcl.objectives._mlm`) set up here.
 
     Subclasses set ``name``, ``config_class`` (with ``model``: :class:`EncoderSection`,
     ``data``: :class:`~textcl.sentences.SentenceDataSection`, ``objective``), ``citation`` and
@@ -228,11 +230,13 @@ class SentenceObjective(Method):
 
     title: ClassVar[str] = ""
 
-    def __init__(self, encoder: Any, config: Any, corpora: SentenceCorpora, seed: int = 42):
+    def __init__(self, encoder: Any, config: Any, corpora: SentenceCorpora, seed: int = 42,
+                 mlm_model: torch.nn.Module | None = None):
         super().__init__()
         self.encoder = encoder
         self.cfg = config
         self.seed = seed
+        self.init_mlm(mlm_model)
         self.train_corpus, self.eval_corpus = corpora.train, corpora.eval
         self.stats = corpora.stats
         self.held_out_documents = corpora.held_out_documents
@@ -241,9 +245,9 @@ class SentenceObjective(Method):
     @classmethod
     def from_recipe(cls, recipe: Any) -> SentenceObjective:
         cfg = recipe.config
-        encoder = build_encoder(cfg.model)
+        encoder, mlm_model = build_encoder_and_mlm(cfg.model, cfg.objective)
         corpora = load_sentence_corpora(cfg.data, encoder.tokenizer)
-        return cls(encoder, cfg, corpora, seed=recipe.seed)
+        return cls(encoder, cfg, corpora, seed=recipe.seed, mlm_model=mlm_model)
 
     def check_sequence_length(self, content_tokens: int, specials: int, what: str) -> None:
         """Raise a ``DataError`` naming the keys to change when inputs would be cut."""

@@ -51,10 +51,10 @@ from textcl.core.recipe import resolve_input_path
 from textcl.documents import DataError, Document, held_out_split
 from textcl.objectives._encoder import (
     EncoderSection,
-    build_encoder,
     encoder_card_facts,
     resolve_chunk_tokens,
 )
+from textcl.objectives._mlm import MLMAuxiliary, MLMOptions, build_encoder_and_mlm
 
 __all__ = ["CERT", "CERTConfig", "Pair", "load_pairs"]
 
@@ -102,7 +102,7 @@ class PairsSection(MethodConfig):
         return str(path)
 
 
-class CERTObjective(MethodConfig):
+class CERTObjective(MLMOptions):
     queue_size: int = Field(4096, ge=1, description="K negatives in the queue")
     momentum: float = Field(0.999, ge=0, le=1, description="m of the key encoder's EMA")
     temperature: float = Field(0.05, gt=0)
@@ -239,13 +239,13 @@ class _PairDataset(torch.utils.data.Dataset):
 
 
 # --------------------------------------------------------------------- the method
-class CERT(Method):
+class CERT(MLMAuxiliary, Method):
     name = "cert"
     config_class = CERTConfig
     citation = CITATION
 
     def __init__(self, encoder: Any, config: CERTConfig, pairs: list[Pair], seed: int = 42,
-                 pair_counts: dict[str, int] | None = None):
+                 pair_counts: dict[str, int] | None = None, mlm_model: torch.nn.Module | None = None):
         super().__init__()
         obj = config.objective
         self.cfg, self.seed = config, seed
@@ -258,6 +258,7 @@ class CERT(Method):
         finally:
             encoder.tokenizer = tokenizer
         self.key_encoder.tokenizer = tokenizer
+        self.init_mlm(mlm_model)  # objective.mlm_weight: MLM on the queries (after the key copy: not in it)
         self.queue = FeatureQueue(obj.queue_size, self._output_width(), init="random")
         # Every rank writes the same gathered keys, so DDP need not broadcast the queue.
         self._ddp_params_and_buffers_to_ignore = [n for n, _ in self.named_buffers() if n.startswith("queue.")]
@@ -302,12 +303,12 @@ class CERT(Method):
     def from_recipe(cls, recipe: Any) -> CERT:
         cfg: CERTConfig = recipe.config
         d = cfg.data
-        encoder = build_encoder(cfg.model)
+        encoder, mlm_model = build_encoder_and_mlm(cfg.model, cfg.objective)
         pairs, counts = load_pairs(
             d.pairs, text_field=d.text_field, translations_field=d.translations_field, id_field=d.id_field,
             max_pairs=d.max_pairs, drop_identical=d.drop_identical,
         )
-        return cls(encoder, cfg, pairs, seed=recipe.seed, pair_counts=counts)
+        return cls(encoder, cfg, pairs, seed=recipe.seed, pair_counts=counts, mlm_model=mlm_model)
 
     # ---- modes
     def train(self, mode: bool = True) -> CERT:
@@ -318,13 +319,13 @@ class CERT(Method):
 
     # ---- data
     def train_dataset(self) -> torch.utils.data.Dataset:
-        return _PairDataset(self.train_q, self.train_k, self.seed)
+        return self.mlm_dataset(_PairDataset(self.train_q, self.train_k, self.seed))
 
     def collate(self, examples: list[dict[str, list[int]]]) -> dict[str, Any]:
-        return {
+        return self.add_mlm({
             "query": self.encoder.pad_token_ids([e["query"] for e in examples], chunk_tokens=self.chunk_tokens),
             "key": self.encoder.pad_token_ids([e["key"] for e in examples], chunk_tokens=self.chunk_tokens),
-        }
+        }, [e["query"] for e in examples], examples)
 
     def examples_in(self, batch: dict[str, Any]) -> int:
         q = batch["query"]
@@ -364,7 +365,7 @@ class CERT(Method):
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         embeddings = {side: self.encoder(f, project=True) for side, f in self.embedding_inputs(batch).items()}
-        return self.loss_from_embeddings(embeddings, batch)
+        return self.with_auxiliary(self.loss_from_embeddings(embeddings, batch), batch)
 
     def after_optimizer_step(self, step: int) -> None:
         update_momentum(self.encoder, self.key_encoder, self.cfg.objective.momentum)

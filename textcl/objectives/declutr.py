@@ -21,17 +21,16 @@ import torch
 from pydantic import Field, model_validator
 
 from textcl.core.distributed import batch_offset, gather_with_grad
-from textcl.core.gradcache import merge_auxiliary
 from textcl.core.losses import info_nce, retrieval_top1
 from textcl.core.method import Method, MethodConfig
 from textcl.core.recipe import InputFile
 from textcl.documents import DataError, Document, held_out_split, load_documents
 from textcl.objectives._encoder import (
     EncoderSection,
-    build_encoder,
     encoder_card_facts,
     resolve_chunk_tokens,
 )
+from textcl.objectives._mlm import MLMAuxiliary, MLMOptions, build_encoder_and_mlm
 
 __all__ = ["DeCLUTR", "DeCLUTRConfig", "SpanSampler"]
 
@@ -55,15 +54,14 @@ class DocumentSection(MethodConfig):
     skip_short_documents: bool = False
 
 
-class DeCLUTRObjective(MethodConfig):
+class DeCLUTRObjective(MLMOptions):
     num_anchors: int = Field(2, ge=1)
     num_positives: int = Field(2, ge=1)
     min_span_len: int = Field(32, ge=1)
     max_span_len: int = Field(128, ge=1)
     temperature: float = Field(0.05, gt=0)
     positive_aggregation: Literal["mean", "multi"] = "mean"
-    mlm_weight: float = Field(0.0, ge=0)
-    mlm_probability: float = Field(0.15, gt=0, lt=1)
+    # mlm_weight, mlm_probability: MLMOptions (textcl.objectives._mlm)
 
     @model_validator(mode="after")
     def _spans(self) -> DeCLUTRObjective:
@@ -145,7 +143,7 @@ class _SpanDataset(torch.utils.data.Dataset):
 
 
 # --------------------------------------------------------------------- the method
-class DeCLUTR(Method):
+class DeCLUTR(MLMAuxiliary, Method):
     name = "declutr"
     config_class = DeCLUTRConfig
     citation = CITATION
@@ -156,7 +154,7 @@ class DeCLUTR(Method):
         self.encoder = encoder
         self.cfg = config
         self.seed = seed
-        self.mlm_model = mlm_model
+        self.init_mlm(mlm_model)
         obj = config.objective
         self.sampler = SpanSampler(obj.num_anchors, obj.num_positives, obj.min_span_len, obj.max_span_len)
         specials = encoder.tokenizer.num_special_tokens_to_add(pair=False)
@@ -201,12 +199,7 @@ class DeCLUTR(Method):
     def from_recipe(cls, recipe: Any) -> DeCLUTR:
 
         cfg: DeCLUTRConfig = recipe.config
-        m = cfg.model
-        mlm_model = None
-        transformer = None
-        if cfg.objective.mlm_weight > 0:
-            mlm_model, transformer = _load_mlm(m.name_or_path)
-        encoder = build_encoder(m, transformer=transformer)
+        encoder, mlm_model = build_encoder_and_mlm(cfg.model, cfg.objective)
         docs = load_documents(
             cfg.data.documents, text_field=cfg.data.text_field, id_field=cfg.data.id_field,
             max_documents=cfg.data.max_documents,
@@ -224,27 +217,8 @@ class DeCLUTR(Method):
             "anchors": self.encoder.pad_token_ids(anchors, chunk_tokens=self.chunk_tokens),
             "positives": self.encoder.pad_token_ids(positives, chunk_tokens=self.chunk_tokens),
         }
-        if self.mlm_model is not None:
-            batch["mlm"] = self._mask(self.encoder.pad_token_ids(anchors), examples[0]["mlm_seed"])
-        return batch
-
-    def _mask(self, features: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
-        """BERT masking (80/10/10) of non-special tokens, seeded by the batch."""
-        tok = self.encoder.tokenizer
-        g = torch.Generator().manual_seed(seed)
-        ids = features["input_ids"].clone()
-        special = torch.tensor(
-            [tok.get_special_tokens_mask(row, already_has_special_tokens=True) for row in ids.tolist()],
-            dtype=torch.bool,
-        ) | (features["attention_mask"] == 0)
-        prob = torch.full(ids.shape, self.cfg.objective.mlm_probability)
-        masked = torch.bernoulli(prob, generator=g).bool() & ~special
-        labels = torch.where(masked, ids, torch.full_like(ids, -100))
-        replace = torch.bernoulli(torch.full(ids.shape, 0.8), generator=g).bool() & masked
-        ids[replace] = tok.mask_token_id
-        rand = torch.bernoulli(torch.full(ids.shape, 0.5), generator=g).bool() & masked & ~replace
-        ids[rand] = torch.randint(len(tok), ids.shape, generator=g)[rand]
-        return {"input_ids": ids, "attention_mask": features["attention_mask"], "labels": labels}
+        # MLM on the anchors, masked with the first item's mlm_seed (drawn from its generator).
+        return self.add_mlm(batch, anchors, examples)
 
     def examples_in(self, batch: dict[str, Any]) -> int:
         anchors = batch["anchors"]
@@ -282,17 +256,11 @@ class DeCLUTR(Method):
         loss, acc = self._loss(embeddings["anchors"], embeddings["positives"])
         return {"contrastive_loss": loss.detach(), "top1": acc, "loss": loss}
 
-    def auxiliary_loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """The weighted MLM term on the anchors (none without ``mlm_weight``); under
-        GradCache it runs on the whole batch, outside the mini-batches."""
-        if self.mlm_model is None:
-            return {}
-        mlm = self.mlm_model(**batch["mlm"]).loss
-        return {"mlm_loss": mlm.detach(), "loss": self.cfg.objective.mlm_weight * mlm}
+    # auxiliary_loss (the MLM term on the anchors): MLMAuxiliary.
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         embeddings = {side: self.encoder(f, project=True) for side, f in self.embedding_inputs(batch).items()}
-        return merge_auxiliary(self.loss_from_embeddings(embeddings, batch), self.auxiliary_loss(batch))
+        return self.with_auxiliary(self.loss_from_embeddings(embeddings, batch), batch)
 
     # ---- evaluation and output
     @torch.no_grad()
@@ -338,12 +306,3 @@ class DeCLUTR(Method):
 
         self.encoder.save(path, model_card=render_model_card(card_info))
 
-
-def _load_mlm(name_or_path: str) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """An MLM model whose base model doubles as the contrastive encoder (shared weights)."""
-    from transformers import AutoModelForMaskedLM
-
-    from textcl.encoders import resolve_model_path
-
-    model = AutoModelForMaskedLM.from_pretrained(str(resolve_model_path(name_or_path)))
-    return model, model.base_model

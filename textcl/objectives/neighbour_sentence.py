@@ -45,6 +45,7 @@ from textcl.core.losses import info_nce, retrieval_top1
 from textcl.core.method import MethodConfig
 from textcl.documents import DataError
 from textcl.objectives._encoder import EncoderSection
+from textcl.objectives._mlm import MLMOptions, add_mlm
 from textcl.objectives._sentence_common import (
     PositionDataset,
     SentenceCorpora,
@@ -68,7 +69,7 @@ CITATION = """@inproceedings{kiros-etal-2015-skip,
 }"""
 
 
-class NeighbourObjective(MethodConfig):
+class NeighbourObjective(MLMOptions):
     window: int = Field(1, ge=1, description="positives: sentences at distance 1..window")
     positives: Literal["multi", "sample"] = "multi"
     sampling: Literal["sentences", "passages"] = Field(
@@ -187,8 +188,9 @@ class NeighbourSentence(SentenceObjective):
     citation = CITATION
     title = "Neighbour-sentence prediction (Skip-Thought style, contrastive)"
 
-    def __init__(self, encoder: Any, config: NeighbourConfig, corpora: SentenceCorpora, seed: int = 42):
-        super().__init__(encoder, config, corpora, seed)
+    def __init__(self, encoder: Any, config: NeighbourConfig, corpora: SentenceCorpora, seed: int = 42,
+                 mlm_model: torch.nn.Module | None = None):
+        super().__init__(encoder, config, corpora, seed, mlm_model)
         self.train_positions = self.train_corpus.positions(_has_neighbour)
         if len(self.train_positions) == 0:
             raise DataError(f"{config.data.documents}: no training document has two sentences")
@@ -209,9 +211,9 @@ class NeighbourSentence(SentenceObjective):
     def train_dataset(self) -> torch.utils.data.Dataset:
         obj = self.cfg.objective
         if obj.sampling == "passages":
-            return PassageDataset(self.train_corpus, self.seed, obj.passage_sentences)
-        return NeighbourDataset(self.train_corpus, self.seed, obj.window, obj.positives,
-                                positions=self.train_positions)
+            return self.mlm_dataset(PassageDataset(self.train_corpus, self.seed, obj.passage_sentences))
+        return self.mlm_dataset(NeighbourDataset(self.train_corpus, self.seed, obj.window, obj.positives,
+                                                 positions=self.train_positions))
 
     def collate(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         pad = self.encoder.pad_token_ids
@@ -219,16 +221,17 @@ class NeighbourSentence(SentenceObjective):
         def longs(values: list[Any]) -> torch.Tensor:
             return torch.tensor(values, dtype=torch.long)
 
+        # objective.mlm_weight: add_mlm (the function: tests collate with a stand-in of the method)
         if "sentences" in examples[0]:  # passages: every sentence is a query and a key
-            return {
+            return add_mlm(self, {
                 "query_doc": longs([ex["document"] for ex in examples for _ in ex["positions"]]),
                 "query_pos": longs([p for ex in examples for p in ex["positions"]]),
                 "query_text": longs([t for ex in examples for t in ex["text"]]),
                 "sentences": pad([x for ex in examples for x in ex["sentences"]], chunk_tokens=self.chunk_tokens),
-            }
+            }, [x for ex in examples for x in ex["sentences"]], examples)
 
         slots = len(examples[0]["keys"])
-        return {
+        return add_mlm(self, {
             "query_doc": longs([ex["document"] for ex in examples]),
             "query_pos": longs([ex["position"] for ex in examples]),
             "query_text": longs([ex["query_text"] for ex in examples]),
@@ -238,7 +241,7 @@ class NeighbourSentence(SentenceObjective):
             "key_valid": torch.tensor([v for ex in examples for v in ex["key_valid"]], dtype=torch.bool),
             "queries": pad([ex["query"] for ex in examples], chunk_tokens=self.chunk_tokens),
             "keys": pad([k for ex in examples for k in ex["keys"]], chunk_tokens=self.chunk_tokens),
-        }
+        }, [ex["query"] for ex in examples], examples)
 
     def examples_in(self, batch: dict[str, Any]) -> int:
         return int(batch["query_doc"].shape[0])
@@ -252,7 +255,7 @@ class NeighbourSentence(SentenceObjective):
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         embeddings = {k: self.encoder(v, project=True) for k, v in self.embedding_inputs(batch).items()}
-        return self.loss_from_embeddings(embeddings, batch)
+        return self.with_auxiliary(self.loss_from_embeddings(embeddings, batch), batch)
 
     def loss_from_embeddings(self, embeddings: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """All the loss logic, given the embeddings of :meth:`embedding_inputs`."""

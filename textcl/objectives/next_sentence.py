@@ -35,6 +35,7 @@ from textcl.core.losses import info_nce, retrieval_top1
 from textcl.core.method import MethodConfig
 from textcl.documents import DataError
 from textcl.objectives._encoder import EncoderSection
+from textcl.objectives._mlm import MLMOptions
 from textcl.objectives._sentence_common import (
     EVAL_STREAM,
     PositionDataset,
@@ -57,7 +58,7 @@ CITATION = """@inproceedings{devlin-etal-2019-bert,
 }"""
 
 
-class NSPObjective(MethodConfig):
+class NSPObjective(MLMOptions):
     head: Literal["contrastive", "binary"] = "contrastive"
     temperature: float = Field(0.05, gt=0)
     random_negatives: int = Field(0, ge=0, description="extra negatives per query from other documents")
@@ -158,8 +159,9 @@ class NextSentence(SentenceObjective):
     citation = CITATION
     title = "Next-sentence prediction (BERT NSP)"
 
-    def __init__(self, encoder: Any, config: NSPConfig, corpora: SentenceCorpora, seed: int = 42):
-        super().__init__(encoder, config, corpora, seed)
+    def __init__(self, encoder: Any, config: NSPConfig, corpora: SentenceCorpora, seed: int = 42,
+                 mlm_model: torch.nn.Module | None = None):
+        super().__init__(encoder, config, corpora, seed, mlm_model)
         obj = config.objective
         self.train_positions = self.train_corpus.positions(_has_next)
         if len(self.train_positions) == 0:
@@ -187,12 +189,12 @@ class NextSentence(SentenceObjective):
 
     # ---- data
     def train_dataset(self) -> torch.utils.data.Dataset:
-        return NextSentenceDataset(self.train_corpus, self.seed, self.cfg.objective,
-                                   positions=self.train_positions)
+        return self.mlm_dataset(NextSentenceDataset(self.train_corpus, self.seed, self.cfg.objective,
+                                                    positions=self.train_positions))
 
     def collate(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
-        if self.cfg.objective.head == "binary":
-            return self._collate_pairs(examples)
+        if self.cfg.objective.head == "binary":  # MLM (objective.mlm_weight) on the first sentences
+            return self.add_mlm(self._collate_pairs(examples), [ex["a"] for ex in examples], examples)
         pad = self.encoder.pad_token_ids
         batch: dict[str, Any] = {
             "query_text": torch.tensor([ex["query_text"] for ex in examples], dtype=torch.long),
@@ -206,7 +208,7 @@ class NextSentence(SentenceObjective):
             batch["negative_text"] = torch.tensor(
                 [t for ex in examples for t in ex["negative_text"]], dtype=torch.long
             )
-        return batch
+        return self.add_mlm(batch, [ex["query"] for ex in examples], examples)
 
     def _collate_pairs(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         built = [self.pair.build(ex["a"], ex["b"]) for ex in examples]
@@ -236,7 +238,7 @@ class NextSentence(SentenceObjective):
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         embeddings = {k: self.encoder(v, project=True) for k, v in self.embedding_inputs(batch).items()}
-        return self.loss_from_embeddings(embeddings, batch)
+        return self.with_auxiliary(self.loss_from_embeddings(embeddings, batch), batch)
 
     def loss_from_embeddings(self, embeddings: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """All the loss logic, given the embeddings of :meth:`embedding_inputs`."""

@@ -87,10 +87,10 @@ from textcl.core.method import Method, MethodConfig
 from textcl.documents import DataError, held_out_split
 from textcl.objectives._encoder import (
     EncoderSection,
-    build_encoder,
     encoder_card_facts,
     resolve_chunk_tokens,
 )
+from textcl.objectives._mlm import MLMAuxiliary, MLMOptions, build_encoder_and_mlm
 from textcl.objectives._sentence_common import (
     EVAL_STREAM,
     TRAIN_STREAM,
@@ -138,7 +138,7 @@ EXACT_SEARCH_MAX = 7
 
 
 # --------------------------------------------------------------------- recipe sections
-class PermutationObjective(MethodConfig):
+class PermutationObjective(MLMOptions):
     passage_sentences: int = Field(5, ge=2, description="k: sentences per passage")
     variant: Literal["successor", "pirl"] = Field(
         "successor", description="successor: recover the order; pirl: order-invariant passage pairs"
@@ -289,17 +289,18 @@ class SuccessorHead(nn.Module):
 
 
 # --------------------------------------------------------------------- the method
-class SentencePermutation(Method):
+class SentencePermutation(MLMAuxiliary, Method):
     name = "permutation"
     config_class = PermutationConfig
     citation = CITATION
 
     def __init__(self, encoder: Any, config: PermutationConfig, documents: list[SentenceDocument],
-                 seed: int = 42, skipped: dict[str, int] | None = None):
+                 seed: int = 42, skipped: dict[str, int] | None = None, mlm_model: nn.Module | None = None):
         super().__init__()
         self.encoder = encoder
         self.cfg = config
         self.seed = seed
+        self.init_mlm(mlm_model)  # objective.mlm_weight: MLM on every sentence of the passages
         self.skipped = dict(skipped or {})
         obj = config.objective
         self.k = obj.passage_sentences
@@ -345,17 +346,17 @@ class SentencePermutation(Method):
     def from_recipe(cls, recipe: Any) -> SentencePermutation:
         cfg: PermutationConfig = recipe.config
         d = cfg.data
-        encoder = build_encoder(cfg.model)
+        encoder, mlm_model = build_encoder_and_mlm(cfg.model, cfg.objective)
         docs, stats = load_sentence_documents(
             d.documents, text_field=d.text_field, id_field=d.id_field, max_documents=d.max_documents,
             min_sentences=max(d.min_sentences, cfg.objective.passage_sentences), cache_dir=d.cache_dir,
         )
         skipped = {"empty": stats.empty, "too_few_sentences": stats.too_few_sentences}
-        return cls(encoder, cfg, docs, seed=recipe.seed, skipped=skipped)
+        return cls(encoder, cfg, docs, seed=recipe.seed, skipped=skipped, mlm_model=mlm_model)
 
     # ---- data
     def train_dataset(self) -> PassageDataset:
-        return PassageDataset(self.train_ids, self.k, self.seed)
+        return self.mlm_dataset(PassageDataset(self.train_ids, self.k, self.seed))
 
     def collate(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         """Flattened sentences (passage-major, shuffled order inside a passage) +
@@ -372,7 +373,7 @@ class SentencePermutation(Method):
             # The shuffled passage as one text (truncated to the encoder's max_seq_length).
             shuffled = [[t for sent in ex["sentences"] for t in sent] for ex in examples]
             batch["passages"] = self.encoder.pad_token_ids(shuffled, chunk_tokens=self.chunk_tokens)
-        return batch
+        return self.add_mlm(batch, seqs, examples)
 
     def examples_in(self, batch: dict[str, Any]) -> int:
         return int(batch["order"].shape[0])
@@ -388,7 +389,7 @@ class SentencePermutation(Method):
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         embeddings = {name: self.encoder(feats, project=True) for name, feats in self.embedding_inputs(batch).items()}
-        return self.loss_from_embeddings(embeddings, batch)
+        return self.with_auxiliary(self.loss_from_embeddings(embeddings, batch), batch)
 
     def loss_from_embeddings(self, embeddings: dict[str, Tensor], batch: dict[str, Any]) -> dict[str, Tensor]:
         """All loss logic, given the sentence embeddings ``(N * k, d)`` (and, for ``pirl``,
