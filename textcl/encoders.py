@@ -271,6 +271,7 @@ class _STLayout:
     pooling: str
     normalize: bool
     dense_subfolder: str | None = None  # an affine Dense module (whitening) after Pooling
+    bow_weight: float = 0.0  # a BagOfWordsResidual module after Pooling
 
 
 def _pooling_from_config(cfg: dict[str, Any], where: str) -> str:
@@ -293,6 +294,7 @@ def _read_st_layout(loc: _Location) -> _STLayout | None:
         return None
     transformer_dir = pooling = dense_dir = None
     normalize = False
+    bow_weight = 0.0
     for module in sorted(modules, key=lambda m: int(m.get("idx", 0))):
         kind = module["type"].rsplit(".", 1)[-1]
         if kind == "Transformer":
@@ -302,6 +304,8 @@ def _read_st_layout(loc: _Location) -> _STLayout | None:
             pooling = _pooling_from_config(cfg, f"{loc.ref}/{module['path']}")
         elif kind == "Normalize":
             normalize = True
+        elif kind == "BagOfWordsResidual" and pooling is not None and dense_dir is None and not normalize:
+            bow_weight = float((loc.json(f"{module['path']}/config.json") or {}).get("weight", 1.0))
         elif kind == "Dense" and pooling is not None and dense_dir is None and not normalize:
             from textcl.whitening import check_identity_dense
 
@@ -312,7 +316,7 @@ def _read_st_layout(loc: _Location) -> _STLayout | None:
             # A Dense/LayerNorm/... module we would silently drop changes the vectors.
             raise ValueError(
                 f"{loc.ref}: sentence-transformers module {module['type']} is not supported by "
-                "TextEncoder (supported: Transformer, Pooling, one affine Dense, Normalize)"
+                "TextEncoder (supported: Transformer, Pooling, BagOfWordsResidual, one affine Dense, Normalize)"
             )
     if transformer_dir is None or pooling is None:
         raise ValueError(f"{loc.ref}: modules.json needs a Transformer and a Pooling module")
@@ -327,7 +331,7 @@ def _read_st_layout(loc: _Location) -> _STLayout | None:
                     "if the tokenizer does not", loc.ref,
                 )
             break
-    return _STLayout(transformer_dir, max_seq_length, pooling, normalize, dense_dir)
+    return _STLayout(transformer_dir, max_seq_length, pooling, normalize, dense_dir, bow_weight)
 
 
 def _module_dir(loc: _Location, subfolder: str) -> Path:
@@ -395,6 +399,7 @@ class TextEncoder(nn.Module):
         normalize: bool = True,
         projection_dim: int | None = None,
         projection_hidden_dim: int | None = None,
+        bow_weight: float = 0.0,
     ) -> None:
         super().__init__()
         if pooling not in POOLING_MODES:
@@ -417,8 +422,17 @@ class TextEncoder(nn.Module):
         self.max_seq_length = int(max_seq_length)
         self.normalize = bool(normalize)
         self.projection: nn.Module | None = None
-        #: Inference-only affine map after pooling (whitening); saved as an ST Dense module.
+        #: Affine map after pooling (whitening); saved as an ST Dense module. Inference-only
+        #: unless :attr:`train_output_layer` (then ``forward`` applies it and it trains).
         self.output_layer: nn.Module | None = None
+        self.train_output_layer = False
+        #: Weight of the residual bag-of-words path: ``pooled += bow_weight * mean(input
+        #: embeddings)`` (saved as :class:`textcl.st_modules.BagOfWordsResidual`). It keeps the
+        #: lexical signal of the input embeddings (e.g. SGNS vectors) in the sentence vector
+        #: while the contextual layers train.
+        if bow_weight < 0:
+            raise ValueError(f"bow_weight must be >= 0, got {bow_weight}")
+        self.bow_weight = float(bow_weight)
         if projection_dim is not None:
             d = self.dim
             if projection_hidden_dim is not None:
@@ -449,6 +463,7 @@ class TextEncoder(nn.Module):
         projection_hidden_dim: int | None = None,
         transformer: nn.Module | None = None,
         output_layer: bool = True,
+        bow_weight: float | None = None,
     ) -> TextEncoder:
         """Load from a sentence-transformers / textcl directory, a plain HF model dir or a hub name.
 
@@ -460,6 +475,7 @@ class TextEncoder(nn.Module):
         An affine ``Dense`` module after
         Pooling (a whitening layer, :mod:`textcl.whitening`) becomes :attr:`output_layer` unless
         ``output_layer=False`` (training: the layer was fitted to the features before training).
+        ``bow_weight`` overrides the saved residual bag-of-words weight (0 without one).
         """
         from transformers import AutoTokenizer
 
@@ -486,6 +502,7 @@ class TextEncoder(nn.Module):
             normalize=normalize if normalize is not None else (layout.normalize if layout else True),
             projection_dim=projection_dim,
             projection_hidden_dim=projection_hidden_dim,
+            bow_weight=bow_weight if bow_weight is not None else (layout.bow_weight if layout else 0.0),
         )
         if layout is not None and layout.dense_subfolder is not None:
             if output_layer:
@@ -515,7 +532,55 @@ class TextEncoder(nn.Module):
     def embed(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         """The exported (inference) embedding: pooled, then :attr:`output_layer` if any; not normalized."""
         pooled = self.forward(features)
-        return pooled if self.output_layer is None else self.output_layer(pooled)
+        if self.output_layer is None or self.train_output_layer:  # forward applied it already
+            return pooled
+        return self.output_layer(pooled)
+
+    def configure_training(self, *, embedding_lr_scale: float = 1.0, anchor_weight: float = 0.0,
+                           output_layer_lr_scale: float = 1.0) -> None:
+        """Options that keep the input embeddings' (lexical) start while the rest trains:
+        ``embedding_lr_scale`` multiplies their lr (0 freezes them) and ``anchor_weight`` pulls
+        them toward their start values (L2-SP); ``output_layer_lr_scale`` is the trained output
+        layer's lr multiplier. Read by the optimizer through :meth:`parameter_options`."""
+        if embedding_lr_scale < 0 or anchor_weight < 0 or output_layer_lr_scale < 0:
+            raise ValueError("lr scales and anchor_weight must be >= 0")
+        emb = self.transformer.get_input_embeddings().weight
+        self.embedding_lr_scale = float(embedding_lr_scale)
+        self.output_layer_lr_scale = float(output_layer_lr_scale)
+        self.anchor_weight = float(anchor_weight) if embedding_lr_scale > 0 else 0.0
+        if embedding_lr_scale == 0:
+            emb.requires_grad_(False)  # no gradient, no optimizer state: also cheaper
+        # A plain attribute, not a buffer: the start is rebuilt from the start model on resume
+        # and never goes into a checkpoint or the saved model.
+        self._anchor = emb.detach().clone() if self.anchor_weight else None
+
+    def parameter_options(self) -> dict[int, dict[str, Any]]:
+        """Per-parameter optimizer options (see :meth:`textcl.core.method.Method.parameter_groups`)."""
+        out: dict[int, dict[str, Any]] = {}
+        emb = self.transformer.get_input_embeddings().weight
+        scale = getattr(self, "embedding_lr_scale", 1.0)
+        opts: dict[str, Any] = {"lr_scale": scale} if scale not in (0.0, 1.0) else {}
+        if getattr(self, "_anchor", None) is not None:
+            opts.update(anchor=self._anchor, anchor_weight=self.anchor_weight)
+        if opts:
+            out[id(emb)] = opts
+        if self.train_output_layer and getattr(self, "output_layer_lr_scale", 1.0) != 1.0:
+            for p in self.output_layer.parameters():  # type: ignore[union-attr]
+                out[id(p)] = {"lr_scale": self.output_layer_lr_scale}
+        return out
+
+    def set_output_layer_trainable(self) -> None:
+        """Train through :attr:`output_layer` (``forward`` applies it; its weights get gradients).
+        The projection head, if any, then sits on top of it, so widths must agree."""
+        if self.output_layer is None:
+            raise ValueError("the model has no output layer (Dense module) to train")
+        if self.output_layer.out_features != self.dim and self.projection is not None:
+            raise ValueError(
+                f"a projection head on a {self.output_layer.out_features}-d output layer of a "
+                f"{self.dim}-d encoder is not supported; keep all dimensions or drop the head"
+            )
+        self.output_layer.requires_grad_(True)
+        self.train_output_layer = True
 
     @property
     def device(self) -> torch.device:
@@ -657,6 +722,13 @@ class TextEncoder(nn.Module):
         out = self.transformer(**inputs, return_dict=True)
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
         pooled = pool(hidden, attention_mask, self.pooling)
+        if self.bow_weight:
+            from textcl.st_modules import bow_mean
+
+            emb = self.transformer.get_input_embeddings()
+            pooled = pooled + self.bow_weight * bow_mean(emb, features["input_ids"], attention_mask).to(pooled.dtype)
+        if self.train_output_layer:
+            pooled = self.output_layer(pooled)  # type: ignore[misc]
         if project and self.projection is not None:
             return self.projection(pooled)
         return pooled
@@ -692,11 +764,19 @@ class TextEncoder(nn.Module):
             {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
             {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
         ]
-        if self.output_layer is not None:
+        if self.bow_weight:
+            n = len(modules)
             modules.append(
-                {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"}
+                {"idx": n, "name": str(n), "path": f"{n}_BagOfWordsResidual",
+                 "type": "textcl.st_modules.BagOfWordsResidual"}
             )
-            self.output_layer.save(path / "2_Dense")
+            _write_json(path / f"{n}_BagOfWordsResidual" / "config.json", {"weight": self.bow_weight})
+        if self.output_layer is not None:
+            n = len(modules)
+            modules.append(
+                {"idx": n, "name": str(n), "path": f"{n}_Dense", "type": "sentence_transformers.models.Dense"}
+            )
+            self.output_layer.save(path / f"{n}_Dense")
         if self.normalize:
             # No files: ST's Normalize has no parameters and loads without a config.
             n = len(modules)

@@ -101,18 +101,40 @@ class Method(nn.Module):
     # ---- optimisation -------------------------------------------------------------
     def parameter_groups(self, weight_decay: float) -> list[dict[str, Any]]:
         """Default groups: decay for weights; no decay and no LARS adaptation for
-        biases and normalisation parameters (1-D tensors), as SimCLR/BYOL do."""
-        decay, no_decay = [], []
+        biases and normalisation parameters (1-D tensors), as SimCLR/BYOL do.
+
+        A submodule may set per-parameter options through ``parameter_options()`` (a dict
+        ``id(param) -> {"lr_scale": float, "anchor": tensor, "anchor_weight": float}``, see
+        :func:`textcl.core.optim.build_optimizer`); parameters with the same options share a group.
+        """
+        options: dict[int, dict[str, Any]] = {}
+        for module in self.modules():
+            hook = getattr(module, "parameter_options", None)
+            if callable(hook) and module is not self:
+                options.update(hook())
+        grouped: dict[tuple[Any, ...], dict[str, Any]] = {}
         for _, param in self.named_parameters():
             if not param.requires_grad:
                 continue
-            (no_decay if param.ndim <= 1 else decay).append(param)
-        groups = []
-        if decay:
-            groups.append({"params": decay, "weight_decay": weight_decay, "lars_exclude": False})
-        if no_decay:
-            groups.append({"params": no_decay, "weight_decay": 0.0, "lars_exclude": True})
-        return groups
+            opts = options.get(id(param), {})
+            no_decay = param.ndim <= 1
+            key = (no_decay, opts.get("lr_scale", 1.0), opts.get("anchor_weight", 0.0))
+            group = grouped.get(key)
+            if group is None:
+                group = grouped[key] = {
+                    "params": [],
+                    "weight_decay": 0.0 if no_decay else weight_decay,
+                    "lars_exclude": no_decay,
+                }
+                if key[1] != 1.0:
+                    group["lr_scale"] = key[1]
+                if key[2]:
+                    group["anchor_weight"], group["anchor"] = key[2], []
+            group["params"].append(param)
+            if key[2]:
+                group["anchor"].append(opts["anchor"])
+        # Decay groups first, as before per-parameter options existed (optimizer state order).
+        return sorted(grouped.values(), key=lambda g: g["lars_exclude"])
 
     def configure_optimizer(self, train_config: Any) -> torch.optim.Optimizer | None:
         """Return a custom optimizer, or ``None`` for the trainer's default."""
@@ -165,6 +187,7 @@ METHODS: dict[str, str] = {
     "nsp": "textcl.objectives.next_sentence:NextSentence",
     "neighbour": "textcl.objectives.neighbour_sentence:NeighbourSentence",
     "permutation": "textcl.objectives.permutation:SentencePermutation",
+    "simcse": "textcl.objectives.simcse:SimCSE",
     "simclr": "vision.methods.simclr:SimCLR",
     "npid": "vision.methods.memory_bank:NPID",
     "pirl": "vision.methods.memory_bank:PIRL",

@@ -67,22 +67,58 @@ class LARS(Optimizer):
 
 
 def build_optimizer(groups: list[dict[str, Any]], cfg: Any) -> Optimizer:
-    """Optimizer named by ``cfg.optimizer`` over parameter ``groups``."""
+    """Optimizer named by ``cfg.optimizer`` over parameter ``groups``.
+
+    Group options beyond torch's: ``lr_scale`` (the group's peak lr is ``cfg.lr * lr_scale``;
+    the schedule scales every group alike) and ``anchor`` + ``anchor_weight`` (a list of
+    tensors, one per parameter: before each step ``anchor_weight * (p - anchor)`` is added to
+    ``p.grad``, the gradient of ``anchor_weight / 2 * ||p - anchor||^2``, L2-SP). Anchors stay
+    out of the optimizer's state dict: the method rebuilds them from its start model.
+    """
+    anchors: list[tuple[list[torch.Tensor], list[torch.Tensor], float]] = []
+    clean = []
+    for g in groups:
+        g = dict(g)
+        scale = g.pop("lr_scale", 1.0)
+        if scale != 1.0:
+            g["lr"] = cfg.lr * scale
+        anchor = g.pop("anchor", None)
+        if anchor is not None:
+            anchors.append((list(g["params"]), anchor, float(g["anchor_weight"])))
+        if cfg.optimizer != "lars":
+            g.pop("lars_exclude", None)
+        clean.append(g)
     if cfg.optimizer == "adamw":
-        clean = [{k: v for k, v in g.items() if k != "lars_exclude"} for g in groups]
-        return torch.optim.AdamW(clean, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "sgd":
-        clean = [{k: v for k, v in g.items() if k != "lars_exclude"} for g in groups]
-        return torch.optim.SGD(clean, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "lars":
-        return LARS(
-            groups,
+        opt: Optimizer = torch.optim.AdamW(clean, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    elif cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(clean, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    elif cfg.optimizer == "lars":
+        opt = LARS(
+            clean,
             lr=cfg.lr,
             momentum=cfg.momentum,
             weight_decay=cfg.weight_decay,
             trust_coefficient=cfg.lars_trust_coefficient,
         )
-    raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
+    else:
+        raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
+    if anchors:
+        opt.register_step_pre_hook(_anchor_hook(anchors))
+    return opt
+
+
+def _anchor_hook(anchors: list[tuple[list[torch.Tensor], list[torch.Tensor], float]]) -> Callable[..., None]:
+    @torch.no_grad()
+    def hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+        for params, targets, weight in anchors:
+            for p, p0 in zip(params, targets):
+                pull = (p - p0.to(p.device)).mul_(weight)
+                if p.grad is None:
+                    p.grad = pull
+                else:
+                    p.grad.add_(pull)
+
+    return hook
 
 
 def lr_lambda(

@@ -24,6 +24,17 @@ class EncoderSection(MethodConfig):
     # Padded tokens per forward chunk (sequences bucketed by length, see TextEncoder.collate):
     # "auto" = a CPU-sized budget without CUDA, one forward per side with it; null = never.
     forward_chunk_tokens: int | Literal["auto"] | None = Field("auto", union_mode="left_to_right")
+    # ---- levers that keep the start's lexical signal (all off by default)
+    bow_weight: float | None = Field(
+        None, ge=0, description="residual bag-of-words path: pooled += w * mean(input embeddings); "
+        "null = what the start model has (0 for a plain model)",
+    )
+    embedding_lr_scale: float = Field(1.0, ge=0, description="lr multiplier of the input embeddings (0 freezes)")
+    anchor_weight: float = Field(0.0, ge=0, description="L2-SP pull of the input embeddings toward the start's")
+    output_layer: Literal["drop", "train"] = Field(
+        "drop", description="a Dense (whitening) layer of the start model: drop it, or train through it and keep it"
+    )
+    output_layer_lr_scale: float = Field(1.0, ge=0, description="lr multiplier of a trained output layer")
 
 
 def build_encoder(m: EncoderSection, transformer: torch.nn.Module | None = None) -> Any:
@@ -31,7 +42,7 @@ def build_encoder(m: EncoderSection, transformer: torch.nn.Module | None = None)
     (``transformer``: an already loaded model to wrap, e.g. an MLM model's base)."""
     from textcl.encoders import TextEncoder
 
-    return TextEncoder.from_pretrained(
+    encoder = TextEncoder.from_pretrained(
         m.name_or_path,
         pooling=m.pooling,
         max_seq_length=m.max_seq_length,
@@ -39,8 +50,25 @@ def build_encoder(m: EncoderSection, transformer: torch.nn.Module | None = None)
         projection_dim=m.projection_dim,
         projection_hidden_dim=m.projection_hidden_dim,
         transformer=transformer,
-        output_layer=False,  # a whitening layer was fitted to the pre-training features
+        # By default a whitening layer is dropped: it was fitted to the pre-training features.
+        output_layer=m.output_layer == "train",
+        bow_weight=m.bow_weight,
     )
+    if m.output_layer == "train":
+        if encoder.output_layer is None:
+            from textcl.core.recipe import RecipeError
+
+            raise RecipeError(
+                f"model.output_layer: train, but {m.name_or_path} has no Dense (whitening) module -- "
+                "whiten it first (python -m textcl.whitening) or set model.output_layer: drop"
+            )
+        encoder.set_output_layer_trainable()
+    encoder.configure_training(
+        embedding_lr_scale=m.embedding_lr_scale,
+        anchor_weight=m.anchor_weight,
+        output_layer_lr_scale=m.output_layer_lr_scale,
+    )
+    return encoder
 
 
 def resolve_chunk_tokens(encoder: Any, setting: int | str | None) -> int | None:

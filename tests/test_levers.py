@@ -1,0 +1,149 @@
+"""Levers that keep the start's lexical signal: a residual bag-of-words path, an lr multiplier
+for the input embeddings (0 freezes them), an L2-SP pull toward the start's embeddings, and a
+whitening layer trained through instead of dropped."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from tests._tiny import SENTENCES, tiny_encoder
+from textcl.core.method import Method
+from textcl.core.optim import build_optimizer
+from textcl.core.recipe import RecipeError
+from textcl.embed import Embedder
+from textcl.encoders import TextEncoder, pool
+from textcl.objectives._encoder import EncoderSection, build_encoder
+from textcl.whitening import whiten_model
+
+TEXTS = [s for s in SENTENCES if s] + [f"sentence number {i} about topic {i % 7}" for i in range(40)]
+
+
+class _Holder(Method):
+    """The smallest Method around an encoder: what the trainer's optimizer sees."""
+
+    def __init__(self, encoder: TextEncoder):
+        super().__init__()
+        self.encoder = encoder
+
+
+def _cfg(lr=1e-2, optimizer="sgd"):
+    return SimpleNamespace(optimizer=optimizer, lr=lr, momentum=0.0, weight_decay=0.0, betas=(0.9, 0.999))
+
+
+def test_bow_residual_adds_the_mean_of_input_embeddings(tmp_path):
+    plain = tiny_encoder(tmp_path).eval()
+    bow = TextEncoder(plain.transformer, plain.tokenizer, max_seq_length=32, bow_weight=0.5).eval()
+    feats = plain.tokenize(TEXTS[:5])
+    with torch.no_grad():
+        hidden = plain.transformer(input_ids=feats["input_ids"], attention_mask=feats["attention_mask"]).last_hidden_state
+        rows = plain.transformer.get_input_embeddings().weight[feats["input_ids"]]
+        mask = feats["attention_mask"].unsqueeze(-1).float()
+        expected = pool(hidden, feats["attention_mask"], "mean") + 0.5 * (rows * mask).sum(1) / mask.sum(1)
+        np.testing.assert_allclose(bow(feats).numpy(), expected.numpy(), atol=1e-5)
+        assert not torch.allclose(bow(feats), plain(feats))
+
+
+def test_bow_residual_saves_and_loads_in_textcl_and_sentence_transformers(tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    enc = tiny_encoder(tmp_path)
+    enc = TextEncoder(enc.transformer, enc.tokenizer, max_seq_length=32, bow_weight=2.0)
+    enc.save(tmp_path / "m", model_card="# m\n")
+    modules = json.loads((tmp_path / "m" / "modules.json").read_text())
+    assert [m["type"].rsplit(".", 1)[-1] for m in modules] == ["Transformer", "Pooling", "BagOfWordsResidual", "Normalize"]
+    assert TextEncoder.from_pretrained(tmp_path / "m").bow_weight == 2.0
+    ours = Embedder.load(tmp_path / "m", device="cpu").encode(TEXTS, batch_size=8)
+    # sentence-transformers imports classes outside its namespace only when trusted.
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        SentenceTransformer(str(tmp_path / "m"), device="cpu")
+    st = SentenceTransformer(str(tmp_path / "m"), device="cpu", trust_remote_code=True).encode(TEXTS)
+    np.testing.assert_allclose(ours, st, atol=1e-5, rtol=0)
+    # Whitening a bag-of-words model keeps the path and puts the Dense layer after it.
+    whiten_model(tmp_path / "m", TEXTS * 10, tmp_path / "w", dim=16, max_texts=400, device="cpu")
+    ours_w = Embedder.load(tmp_path / "w", device="cpu").encode(TEXTS, batch_size=8)
+    st_w = SentenceTransformer(str(tmp_path / "w"), device="cpu", trust_remote_code=True).encode(TEXTS)
+    np.testing.assert_allclose(ours_w, st_w, atol=1e-5, rtol=0)
+
+
+def test_default_groups_are_unchanged_by_per_parameter_options(tmp_path):
+    groups = _Holder(tiny_encoder(tmp_path)).parameter_groups(0.01)
+    assert [(g["weight_decay"], g["lars_exclude"]) for g in groups] == [(0.01, False), (0.0, True)]
+    assert not any("lr_scale" in g or "anchor" in g for g in groups)
+
+
+def test_embedding_lr_scale_sets_the_group_lr_and_zero_freezes(tmp_path):
+    enc = tiny_encoder(tmp_path)
+    enc.configure_training(embedding_lr_scale=0.1)
+    method = _Holder(enc)
+    opt = build_optimizer(method.parameter_groups(0.0), _cfg(lr=1e-2))
+    emb = enc.transformer.get_input_embeddings().weight
+    (group,) = [g for g in opt.param_groups if any(p is emb for p in g["params"])]
+    assert group["lr"] == pytest.approx(1e-3) and group["params"] == [emb]
+    assert all(g["lr"] == pytest.approx(1e-2) for g in opt.param_groups if g is not group)
+
+    frozen = tiny_encoder(tmp_path)
+    frozen.configure_training(embedding_lr_scale=0.0)
+    method = _Holder(frozen).train()
+    opt = build_optimizer(method.parameter_groups(0.0), _cfg(lr=1e-1))
+    emb = frozen.transformer.get_input_embeddings().weight
+    before, layer0 = emb.detach().clone(), frozen.transformer.encoder.layer[0].attention.self.query.weight.detach().clone()
+    frozen(frozen.tokenize(TEXTS[:4])).pow(2).sum().backward()
+    opt.step()
+    assert torch.equal(emb, before) and emb.grad is None
+    assert not torch.equal(frozen.transformer.encoder.layer[0].attention.self.query.weight, layer0)
+
+
+def test_anchor_pulls_embeddings_toward_the_start_exactly(tmp_path):
+    enc = tiny_encoder(tmp_path)
+    enc.configure_training(anchor_weight=0.5)
+    emb = enc.transformer.get_input_embeddings().weight
+    start = emb.detach().clone()
+    with torch.no_grad():  # move away from the start, as training would
+        emb.add_(torch.randn_like(emb) * 0.1)
+    moved = emb.detach().clone()
+    method = _Holder(enc)
+    opt = build_optimizer(method.parameter_groups(0.0), _cfg(lr=0.2))
+    for p in method.parameters():  # no loss gradient: only the anchor acts
+        p.grad = torch.zeros_like(p) if p.requires_grad else None
+    opt.step()
+    # SGD on 0.5/2 * ||p - p0||^2: p <- p - lr * 0.5 * (p - p0)
+    torch.testing.assert_close(emb.detach(), moved - 0.2 * 0.5 * (moved - start))
+    # The anchor is not in the optimizer's state dict (rebuilt from the start model on resume).
+    assert all("anchor" not in g for g in opt.state_dict()["param_groups"])
+
+
+def test_output_layer_train_keeps_and_trains_the_whitening_layer(tmp_path):
+    src = tmp_path / "model"
+    tiny_encoder(tmp_path).save(src, model_card="# tiny\n")
+    whiten_model(src, TEXTS * 10, tmp_path / "white", max_texts=400, device="cpu")
+    section = EncoderSection(name_or_path=str(tmp_path / "white"), output_layer="train", output_layer_lr_scale=3.0)
+    enc = build_encoder(section)
+    assert enc.train_output_layer and all(p.requires_grad for p in enc.output_layer.parameters())
+    feats = enc.tokenize(TEXTS[:6])
+    with torch.no_grad():
+        through = enc.output_layer(pool(
+            enc.transformer(**{k: feats[k] for k in ("input_ids", "attention_mask")}).last_hidden_state,
+            feats["attention_mask"], "mean"))
+        np.testing.assert_allclose(enc.eval()(feats).numpy(), through.numpy(), atol=1e-5)
+        np.testing.assert_allclose(enc.embed(feats).numpy(), through.numpy(), atol=1e-5)  # applied once
+    groups = _Holder(enc).parameter_groups(0.0)
+    layer_params = {id(p) for p in enc.output_layer.parameters()}
+    assert {g.get("lr_scale") for g in groups if layer_params & {id(p) for p in g["params"]}} == {3.0}
+    enc.train()(feats).sum().backward()
+    assert enc.output_layer.linear.weight.grad is not None
+    # Saved after training, the layer is the model's Dense module again, with the trained weights.
+    with torch.no_grad():
+        enc.output_layer.linear.weight.mul_(2.0)
+    enc.save(tmp_path / "trained")
+    again = Embedder.load(tmp_path / "trained", device="cpu").encode(TEXTS[:6], normalize=False)
+    np.testing.assert_allclose(again, enc.eval().embed(feats).detach().numpy(), rtol=1e-4, atol=1e-3)
+
+    # Default: the layer is dropped; asking to train a layer that is not there is a recipe error.
+    assert build_encoder(EncoderSection(name_or_path=str(tmp_path / "white"))).output_layer is None
+    with pytest.raises(RecipeError, match="no Dense"):
+        build_encoder(EncoderSection(name_or_path=str(src), output_layer="train"))
