@@ -49,6 +49,8 @@ def data_dir(tmp_path_factory) -> Path:
         pairs = [{"sentence1": sents[(i * 12 + j) % 120], "sentence2": sents[(i * 12 + j + 1) % 120],
                   "score": rng.uniform(0, 5)} for j in range(12)]
         _jsonl(root / "sts" / rel / "test.jsonl", pairs)
+    _jsonl(root / "sts" / "stsb" / "dev.jsonl", [  # the STS-B dev split (stsb_dev)
+        {"sentence1": sents[j], "sentence2": sents[j + 2], "score": rng.uniform(0, 5)} for j in range(12)])
     _jsonl(root / "senteval" / "mr" / "all.jsonl", [{"text": s, "label": k % 2} for k, s in enumerate(sents[:20])])
     _jsonl(root / "senteval" / "trec" / "train.jsonl",
            [{"text": s, "label": ["DESC", "HUM", "LOC"][k % 3]} for k, s in enumerate(sents[20:38])])
@@ -82,7 +84,7 @@ def scratch_dir(tmp_path_factory, small_documents) -> Path:
 
 
 @pytest.fixture()
-def settings(data_dir, scratch_dir, tmp_path, monkeypatch) -> co.Settings:
+def settings(data_dir, scratch_dir, tmp_path, monkeypatch, small_documents) -> co.Settings:
     monkeypatch.setenv("TEXTCL_CACHE", str(tmp_path / "cache"))
     recipes = tmp_path / "recipes"
     recipes.mkdir()
@@ -90,6 +92,8 @@ def settings(data_dir, scratch_dir, tmp_path, monkeypatch) -> co.Settings:
         data_dir=data_dir, budget_minutes=0.002, scratch_dir=scratch_dir, runs_dir=tmp_path / "runs",
         recipes_dir=recipes, transfer_tasks=("mr", "trec"), folds=2, inner_folds=2, threads=1,
         show_progress=False,
+        # Whitening (every trained point) fits on the sentences of these documents.
+        simcse=co.SimCSESettings(documents=str(small_documents)),
     )
 
 
@@ -245,3 +249,227 @@ def test_whiten_rows_fit_on_training_sentences_and_need_their_base_row(settings,
     # Whitening is affine, so it changes the cosine scores: the STS numbers differ from the start's.
     assert row["sts"] != rows["sgns-init"]["sts"]
     assert json.loads(out.read_text())["order"] == ["sgns-init", "sgns-init+whiten", "nsp+whiten"]
+
+
+# --------------------------------------------------------------------------- learning curves
+
+BUDGETS = (0.001, 0.002, 0.004)  # minutes: snapshots after ~0.06 s and ~0.12 s, run ends at ~0.24 s
+
+
+def _counting_run(monkeypatch) -> list:
+    import textcl.train
+
+    calls, real = [], textcl.train.run
+    monkeypatch.setattr(textcl.train, "run", lambda *a, **k: calls.append((a, k)) or real(*a, **k))
+    return calls
+
+
+def test_several_budgets_train_once_with_a_snapshot_at_each(settings, tmp_path, small_documents, monkeypatch):
+    import dataclasses
+
+    _tiny_declutr_recipe(settings, small_documents)
+    settings = dataclasses.replace(settings, budgets=BUDGETS)
+    assert settings.budget_minutes == 0.004
+    calls = _counting_run(monkeypatch)
+    out = tmp_path / "res.json"
+    row = co.run_comparison(settings, ["declutr"], out, plot=True)["declutr"]
+    assert row["status"] == "done", row.get("reason")
+    assert len(calls) == 1 and "train.max_minutes=0.004" in calls[0][0][1]  # one run, the longest budget
+    run_dir = settings.runs_dir / "declutr"
+    assert set(row["points"]) == {"0.001", "0.002", "0.004"} and row["schedule_minutes"] == 0.004
+    steps = []
+    for key, budget in zip(["0.001", "0.002", "0.004"], BUDGETS):
+        p = row["points"][key]
+        model = Path(p["model"])
+        assert model == (run_dir if budget == 0.004 else run_dir / f"at-{key}min")
+        assert (model / "modules.json").is_file()
+        assert p["status"] == "done" and p["budget_minutes"] == budget and p["schedule_minutes"] == 0.004
+        assert p["train_seconds"] >= budget * 60  # the first step past the budget
+        steps.append(p["steps"])
+        # raw and whitened, each with STS, the asked transfer tasks and STS-B dev
+        for entry in (p["raw"], p["whitened"]):
+            assert set(entry["sts"]) == set(settings.sts_tasks) and set(entry["transfer"]) == {"mr", "trec"}
+            assert entry["transfer_tasks"] == ["mr", "trec"] and entry["stsb_dev"] is not None
+        assert p["whitened"]["model"] == str(model) + "+whiten" and p["whitened"]["whiten_seconds"] > 0
+        assert p["whitened"]["sts"] != p["raw"]["sts"]
+        # the pretext metric and the in-run STS-B dev at that budget
+        assert "declutr_heldout_top1" in p["pretext"] and "stsb_dev_spearman" in p["dev_sts"]
+    assert steps == sorted(steps)
+    assert "declutr_heldout_top1" in row["pretext_initial"]
+    assert json.loads((run_dir / "at-0.001min" / "point.json").read_text())["step"] == steps[0]
+    assert row["sts"] == row["points"]["0.004"]["raw"]["sts"]  # the single-budget fields: the longest
+    assert out.with_suffix(".png").is_file() and out.with_name("res_curves.png").stat().st_size > 1000
+
+    # A restart: nothing trained or evaluated again.
+    def refuse(*a, **k):
+        raise AssertionError("recomputed a finished point")
+
+    monkeypatch.setattr(co, "evaluate_model", refuse)
+    monkeypatch.setattr(co, "_whiten", refuse)
+    assert co.run_comparison(settings, ["declutr"], out)["declutr"] == json.loads(out.read_text())["rows"]["declutr"]
+    assert len(calls) == 1
+
+    # A kill while evaluating the 0.002 point: only that point is measured again, the run reused.
+    saved = json.loads(out.read_text())
+    del saved["rows"]["declutr"]["points"]["0.002"]
+    saved["rows"]["declutr"]["status"] = "failed"
+    out.write_text(json.dumps(saved))
+    seen, whitened = [], []
+    monkeypatch.setattr(co, "evaluate_model", lambda spec, s, **k: seen.append(spec) or dict(row["points"]["0.002"]["raw"]))
+    monkeypatch.setattr(co, "_whiten", lambda model, o, s: whitened.append(model) or {
+        "model": str(o), "whitening": {}, "whiten_seconds": 1.0, "command": "x"})
+    again = co.run_comparison(settings, ["declutr"], out)["declutr"]
+    assert again["status"] == "done" and again["training"] == "reused finished run" and len(calls) == 1
+    assert seen == [str(run_dir / "at-0.002min"), str(run_dir / "at-0.002min+whiten")]
+    assert whitened == [str(run_dir / "at-0.002min")]
+    assert again["points"]["0.001"] == row["points"]["0.001"]
+
+
+def test_a_killed_curve_run_resumes_and_keeps_its_snapshots(settings, tmp_path, small_documents, monkeypatch):
+    import dataclasses
+
+    from benchmarks._curves import ExportAtMinutes
+    from textcl.train import run
+
+    recipe = _tiny_declutr_recipe(settings, small_documents)
+    settings = dataclasses.replace(settings, budgets=(0.001, 0.004))
+    run_dir = settings.runs_dir / "declutr"
+    monkeypatch.setenv("TEXTCL_SCRATCH_BASE", str(settings.scratch_dir / "base-sgns"))
+    # The run the comparison starts, killed after its last checkpoint and before the final save.
+    run(str(recipe), ["train.max_minutes=0.004", f"output_dir={run_dir}", "train.save_every_n_steps=1"],
+        callbacks=[ExportAtMinutes(run_dir, [0.001])])
+    snapshot = (run_dir / "at-0.001min" / "point.json").read_text()
+    for name in ("modules.json", "metrics.json"):
+        (run_dir / name).unlink()
+    row = co.run_comparison(settings, ["declutr"], tmp_path / "res.json")["declutr"]
+    assert row["status"] == "done", row.get("reason")
+    assert row["training"] == "resumed" and row["command"].endswith("--resume")
+    assert (run_dir / "at-0.001min" / "point.json").read_text() == snapshot  # kept, not rewritten
+    assert row["points"]["0.001"]["steps"] == json.loads(snapshot)["step"]
+    assert {p["status"] for p in row["points"].values()} == {"done"}
+
+
+def test_export_callback_saves_once_per_budget_and_keeps_earlier_snapshots(tmp_path):
+    from types import SimpleNamespace
+
+    from benchmarks._curves import ExportAtMinutes, export_dir
+
+    class FakeMethod:
+        def card_info(self):
+            return {}
+
+        def save_model(self, path, info):
+            path.mkdir(parents=True)
+            (path / "modules.json").write_text("[]")
+
+    evals = []
+    trainer = SimpleNamespace(state=SimpleNamespace(train_seconds=0.0, step=0, epoch=0), is_main=True,
+                              method=FakeMethod(), evaluate=lambda: evals.append(1) or {"m": 1.0},
+                              accelerator=SimpleNamespace(wait_for_everyone=lambda: None))
+    (export_dir(tmp_path, 2) / "modules.json").parent.mkdir(parents=True)
+    (export_dir(tmp_path, 2) / "modules.json").write_text("[]")  # written before a kill
+    cb = ExportAtMinutes(tmp_path, [3, 1, 2])
+    for step, secs in enumerate([30, 61, 100, 250], 1):
+        trainer.state.step, trainer.state.train_seconds = step, secs
+        cb.on_step_end(trainer)
+    assert cb.written == [1.0, 3.0] and len(evals) == 2
+    assert json.loads((export_dir(tmp_path, 1) / "point.json").read_text())["step"] == 2
+    assert json.loads((export_dir(tmp_path, 3) / "point.json").read_text()) == {
+        "budget_minutes": 3.0, "step": 4, "epoch": 0, "train_seconds": 250, "metrics": {"m": 1.0}}
+    assert not (export_dir(tmp_path, 2) / "point.json").exists()
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def _old_format(settings: co.Settings, transfer: dict) -> dict:
+    """A results JSON of the single-budget format (before learning curves)."""
+    ev = {"sts": {t: 40.0 + i for i, t in enumerate(settings.sts_tasks)}, "sts_avg": 43.0, "transfer": transfer,
+          "transfer_avg": 50.0, "eval_seconds": 1.0, "status": "done"}
+    return {
+        "settings": {"budget_minutes": 0.002, "transfer_tasks": list(transfer), "folds": settings.folds,
+                     "inner_folds": settings.inner_folds, "sts_tasks": list(settings.sts_tasks)},
+        "order": ["random-init", "nsp", "nsp+whiten"],
+        "rows": {
+            "random-init": {"row": "random-init", "model": str(settings.scratch_dir / "base-random"), **ev},
+            "nsp": {"row": "nsp", "model": "runs/nsp", "steps": 7, "train_seconds": 0.2, "training": "trained",
+                    "pretext": {"nsp_acc": 0.9}, "pretext_initial": {"nsp_acc": 0.5}, **ev},
+            "nsp+whiten": {"row": "nsp+whiten", "base_row": "nsp", "model": "runs/nsp+whiten", "whiten_seconds": 2.0,
+                           **ev, "sts_avg": 60.0},
+        },
+    }
+
+
+def test_old_single_budget_json_loads_as_points_and_new_tasks_are_added(settings, tmp_path, monkeypatch):
+    out = tmp_path / "res.json"
+    out.write_text(json.dumps(_old_format(settings, {"mr": 50.0})))
+    rows = co._load_previous(out, settings, fresh=False)
+    point = rows["nsp"]["points"]["0.002"]
+    assert point["status"] == "done" and point["schedule_minutes"] == 0.002 and point["steps"] == 7
+    assert point["raw"]["sts_avg"] == 43.0 and point["whitened"]["sts_avg"] == 60.0
+    assert point["pretext"] == {"nsp_acc": 0.9} and rows["nsp"]["pretext_initial"] == {"nsp_acc": 0.5}
+    assert rows["random-init"]["transfer_tasks"] == ["mr"]
+    # --transfer-tasks mr trec: the baseline gets TREC (and STS-B dev) only; STS and MR are kept.
+    calls = []
+
+    def fake_eval(spec, s, **kw):
+        calls.append((spec, kw))
+        return {"transfer": {"trec": 40.0}, "transfer_details": {"trec": {"accuracy": 40.0}},
+                "transfer_seconds": 1.0, "eval_seconds": 1.0, "stsb_dev": 12.0}
+
+    monkeypatch.setattr(co, "evaluate_model", fake_eval)
+    r = co.run_comparison(settings, ["random-init"], out)["random-init"]
+    assert calls == [(str(settings.scratch_dir / "base-random"), {"sts": False, "transfer_tasks": ("trec",), "dev": True})]
+    assert r["transfer"] == {"mr": 50.0, "trec": 40.0} and r["transfer_tasks"] == ["mr", "trec"]
+    assert r["transfer_avg"] == 45.0 and r["sts_avg"] == 43.0 and r["stsb_dev"] == 12.0
+    assert co.run_comparison(settings, ["random-init"], out)["random-init"] == r and len(calls) == 1
+
+
+def test_committed_results_still_load_and_plot(tmp_path):
+    committed = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "compare_objectives.json"
+    if not committed.is_file():
+        pytest.skip("no committed results")
+    data = json.loads(committed.read_text())
+    old = data["settings"]
+    s = co.Settings(data_dir=tmp_path, folds=old["folds"], inner_folds=old["inner_folds"],
+                    sts_tasks=tuple(old["sts_tasks"]), transfer_tasks=tuple(old["transfer_tasks"]))
+    rows = co._load_previous(committed, s, fresh=False)
+    trained = [n for n in data["order"] if co.is_trained(n) and rows[n].get("status") == "done"]
+    assert trained and all(rows[n]["points"] for n in trained)
+    labels = co.write_curves_plot(rows, data["order"], tmp_path / "c.png", s.transfer_tasks)
+    assert "sgns-init+whiten (untrained)" in labels["sts"] and trained[0] in labels["transfer"]
+
+
+def test_curves_plot_has_raw_whitened_and_baseline_lines(settings, tmp_path):
+    def ev(sts, acc):
+        return {"sts_avg": sts, "transfer": {"mr": acc, "trec": acc}, "status": "done"}
+
+    def point(b, sts):
+        return {"budget_minutes": b, "status": "done", "raw": ev(sts, 60), "whitened": ev(sts + 5, 62)}
+
+    rows = {name: ev(40 + i, 55) for i, name in enumerate(["random-init", "sgns-init", "sgns-init+whiten", "avg-sgns"])}
+    rows["nsp"] = {"status": "done", "points": {"5": point(5, 50), "10": point(10, 52), "20": point(20, 55)}}
+    rows["cert"] = {"status": "failed", "points": {"5": point(5, 45)}}  # its finished points are drawn
+    png = tmp_path / "curves.png"
+    labels = co.write_curves_plot(rows, ["random-init", "sgns-init", "nsp", "cert"], png, ("mr", "trec"))
+    assert png.stat().st_size > 1000
+    for panel in ("sts", "transfer"):
+        got = labels[panel]
+        assert set(got) == {"nsp", "nsp+whiten", "cert", "cert+whiten", "random-init (untrained)",
+                            "sgns-init (untrained)", "sgns-init+whiten (untrained)", "avg-sgns (untrained)"}
+        assert got["nsp"][0] == "-" and got["nsp+whiten"][0] == "--" and got["nsp"][1] == got["nsp+whiten"][1]
+        assert got["nsp"][1] != got["cert"][1]
+    # A transfer average needs every asked task: none for a row evaluated on MR only.
+    rows["avg-sgns"]["transfer"] = {"mr": 50.0}
+    labels = co.write_curves_plot(rows, ["nsp"], png, ("mr", "trec"))
+    assert "avg-sgns (untrained)" in labels["sts"] and "avg-sgns (untrained)" not in labels["transfer"]
+
+
+def test_cli_takes_several_budgets_and_transfer_tasks(data_dir, monkeypatch, tmp_path):
+    got = {}
+    monkeypatch.setattr(co, "run_comparison", lambda s, rows, out, **k: got.update(s=s, rows=rows, k=k) or {})
+    co.main(["--data-dir", str(data_dir), "--budget-minutes", "20", "5", "10", "--transfer-tasks", "trec", "mr",
+             "--out", str(tmp_path / "r.json")])
+    s = got["s"]
+    assert s.budgets == (5.0, 10.0, 20.0) and s.budget_minutes == 20.0 and s.transfer_tasks == ("mr", "trec")
+    assert got["rows"] == list(co.DEFAULT_ROWS) and "sgns-init+whiten" in got["rows"]
+    co.main(["--data-dir", str(data_dir), "--rows", "nsp", "--transfer-tasks", "none", "--out", str(tmp_path / "r.json")])
+    assert got["s"].budgets == (10.0,) and got["s"].transfer_tasks == () and got["rows"] == ["nsp"]
