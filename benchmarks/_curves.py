@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 #: Untrained rows drawn as horizontal lines on the curves plot.
-CURVE_BASELINES = ("random-init", "sgns-init", "sgns-init+whiten", "avg-sgns")
+CURVE_BASELINES = ("random-init", "sgns-init", "sgns-init+whiten", "sgns-bow-init+whiten", "avg-sgns")
 WHITEN_SUFFIX = "+whiten"
 #: Evaluation fields of a row/point entry (what ``evaluate_model`` returns, plus ``stsb_dev``).
 EVAL_KEYS = ("sts", "sts_avg", "sts_wmean", "transfer", "transfer_avg", "transfer_details", "sts_seconds",
@@ -242,7 +242,8 @@ def write_curves_plot(rows: dict[str, dict[str, Any]], order: Sequence[str], png
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     trained = [n for n in order if curve(rows.get(n, {}))]
     base_styles = {"random-init": ("black", ":"), "sgns-init": ("tab:gray", "-."),
-                   "sgns-init+whiten": ("tab:gray", "--"), "avg-sgns": ("tab:brown", ":")}
+                   "sgns-init+whiten": ("tab:gray", "--"), "sgns-bow-init+whiten": ("tab:olive", "--"),
+                   "avg-sgns": ("tab:brown", ":")}
     panels = [("STS avg (Spearman x100, 'all', 7 sets)", lambda e: (e or {}).get("sts_avg")),
               (f"transfer avg ({', '.join(t.upper() for t in tasks) or '-'}, accuracy %)",
                lambda e: transfer_avg(e, tasks))]

@@ -68,6 +68,13 @@ def test_bow_residual_saves_and_loads_in_textcl_and_sentence_transformers(tmp_pa
     ours_w = Embedder.load(tmp_path / "w", device="cpu").encode(TEXTS, batch_size=8)
     st_w = SentenceTransformer(str(tmp_path / "w"), device="cpu", trust_remote_code=True).encode(TEXTS)
     np.testing.assert_allclose(ours_w, st_w, atol=1e-5, rtol=0)
+    # The same from the plain model with the path set at whitening time (the CLI's --bow-weight).
+    tiny_encoder(tmp_path).save(tmp_path / "plain")
+    facts = whiten_model(tmp_path / "plain", TEXTS * 10, tmp_path / "w2", dim=16, max_texts=400, device="cpu",
+                         bow_weight=2.0)
+    assert facts["bow_weight"] == 2.0
+    np.testing.assert_allclose(Embedder.load(tmp_path / "w2", device="cpu").encode(TEXTS, batch_size=8), ours_w,
+                               atol=1e-5, rtol=0)
 
 
 def test_default_groups_are_unchanged_by_per_parameter_options(tmp_path):

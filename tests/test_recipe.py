@@ -85,8 +85,26 @@ def test_recipe_error_is_raised_programmatically(tmp_path):
 _SHIPPED = sorted(
     str(p.relative_to(Path(__file__).resolve().parents[1]))
     for p in (Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml")
-    if p.name != "pipeline.yaml"  # the scratch pipeline's own config, not a training recipe
+    if not p.name.startswith("pipeline")  # the scratch pipeline's own configs, not training recipes
 )
+_PIPELINES = sorted(
+    str(p.relative_to(Path(__file__).resolve().parents[1]))
+    for p in (Path(__file__).resolve().parents[1] / "recipes").rglob("pipeline*.yaml")
+)
+
+
+@pytest.mark.parametrize("config", _PIPELINES)
+def test_every_shipped_pipeline_config_validates(config, monkeypatch):
+    """Each scratch-pipeline config parses, and its train recipe (if any) exists."""
+    from textcl.scratch import load_pipeline_config
+
+    repo = Path(__file__).resolve().parents[1]
+    data = Path(os.environ.get("TEXTCL_DATA", repo.parent / "shared" / "data"))
+    if not (data / "corpora").is_dir():
+        pytest.skip("the data dir is not available")
+    monkeypatch.setenv("TEXTCL_DATA", str(data))
+    cfg = load_pipeline_config(repo / config)
+    assert cfg.train.recipe is None or (repo / cfg.train.recipe).is_file()
 
 
 @pytest.mark.parametrize("recipe", _SHIPPED)

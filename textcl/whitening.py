@@ -212,8 +212,13 @@ def whiten_model(
     batch_size: int = 64,
     device: str | None = None,
     show_progress: bool | None = None,
+    bow_weight: float | None = None,
 ) -> dict[str, Any]:
     """Fit whitening on ``texts`` embedded by ``model`` and write the whitened model to ``out``.
+
+    ``bow_weight`` first sets the model's residual bag-of-words path (see
+    :class:`textcl.st_modules.BagOfWordsResidual`; ``None`` keeps what the model has), so the
+    layer is fitted to, and saved after, that path.
 
     ``max_texts`` distinct texts are drawn with ``seed``. ``out`` is written to a temporary
     directory and renamed into place, so an interrupted run never leaves a half model.
@@ -226,6 +231,10 @@ def whiten_model(
     if len(chosen) < 2:
         raise ValueError(f"whitening needs at least 2 distinct non-empty texts, got {len(chosen)}")
     embedder = Embedder.load(str(model), device=device)
+    if bow_weight is not None:
+        if bow_weight < 0:
+            raise ValueError(f"bow_weight must be >= 0, got {bow_weight}")
+        embedder.encoder.bow_weight = float(bow_weight)
     if embedder.encoder.output_layer is not None:
         raise ValueError(f"{model} already ends with a Dense/whitening layer; whiten the model it was made from")
     start = time.perf_counter()
@@ -237,6 +246,7 @@ def whiten_model(
     encoder.output_layer = layer.to(encoder.device)
     facts = {
         "source_model": str(model),
+        "bow_weight": embedder.encoder.bow_weight,
         "texts": len(chosen),
         "seed": seed,
         "in_dim": layer.in_features,
@@ -287,6 +297,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--text-field", default="text")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default=None)
+    p.add_argument("--bow-weight", type=float, default=None,
+                   help="set the residual bag-of-words path (pooled += w * mean input embeddings) before fitting")
     return p
 
 
@@ -298,7 +310,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         texts = read_texts(args.corpus, text_field=args.text_field)
         facts = whiten_model(
             args.model, texts, args.out, dim=args.dim, max_texts=args.sentences, seed=args.seed,
-            batch_size=args.batch_size, device=args.device,
+            batch_size=args.batch_size, device=args.device, bow_weight=args.bow_weight,
         )
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
