@@ -869,18 +869,22 @@ def run_trained_row(name: str, settings: Settings, previous: dict[str, Any] | No
         # The single-budget fields: the longest budget's raw evaluation.
         record.update({k: v for k, v in last["raw"].items()})
         record["status"] = "done"
-    except RowSkipped as exc:
-        record.update(status="skipped", reason=str(exc))
-        print(f"[{name}] skipped: {exc}")
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except Exception as exc:  # a broken row must not end the comparison
-        traceback.print_exc()
-        record.update(status="failed", reason=f"{type(exc).__name__}: {exc}")
-        print(f"[{name}] failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 - a broken row must not end the comparison
+        _record_failure(name, record, exc)
     record["wall_seconds"] = time.perf_counter() - start
     record["finished_utc"] = _now()
     return record
+
+
+def _record_failure(name: str, record: dict[str, Any], exc: Exception) -> None:
+    """Mark ``record`` skipped (a missing recipe / model) or failed (anything else, traceback shown)."""
+    if isinstance(exc, RowSkipped):
+        record.update(status="skipped", reason=str(exc))
+        print(f"[{name}] skipped: {exc}")
+        return
+    traceback.print_exc()
+    record.update(status="failed", reason=f"{type(exc).__name__}: {exc}")
+    print(f"[{name}] failed: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
 def derived_row(name: str, rows: dict[str, dict[str, Any]], settings: Settings) -> dict[str, Any]:
@@ -910,15 +914,8 @@ def run_row(name: str, settings: Settings, previous: dict[str, Any] | None = Non
             record.update(info)
             record.update(evaluate_model(info["model"], settings))
         record["status"] = "done"
-    except RowSkipped as exc:
-        record.update(status="skipped", reason=str(exc))
-        print(f"[{name}] skipped: {exc}")
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except Exception as exc:  # a broken row must not end the comparison
-        traceback.print_exc()
-        record.update(status="failed", reason=f"{type(exc).__name__}: {exc}")
-        print(f"[{name}] failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 - a broken row must not end the comparison
+        _record_failure(name, record, exc)
     record["wall_seconds"] = time.perf_counter() - start
     record["finished_utc"] = _now()
     return record
