@@ -643,8 +643,19 @@ def stsb_dev(encoder: Any, settings: Settings) -> float | None:
 
 def _entry_complete(entry: dict[str, Any] | None, settings: Settings) -> bool:
     """An evaluation holding STS, every asked transfer task and the STS-B dev value."""
+    if entry and entry.get("status") == "not applicable":
+        return True
     return bool(entry) and "sts" in entry and "stsb_dev" in entry and all(  # type: ignore[operator]
         t in entry.get("transfer", {}) for t in settings.transfer_tasks)  # type: ignore[union-attr]
+
+
+def _ends_with_dense(model: Path | str) -> bool:
+    """Whether a model directory already ends with a Dense (whitening) module."""
+    try:
+        modules = json.loads((Path(model) / "modules.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return any(str(m.get("type", "")).endswith(".Dense") for m in modules)
 
 
 def complete_eval(entry: dict[str, Any] | None, spec: Any, settings: Settings) -> dict[str, Any]:
@@ -819,6 +830,13 @@ def evaluate_point(info: dict[str, Any], minutes: float, settings: Settings, pre
     point["status"] = "partial"
     save(point)
     wmodel = Path(str(facts["model"]) + WHITEN_SUFFIX)
+    if _ends_with_dense(facts["model"]):
+        # Trained through a whitening layer (model.output_layer: train): its raw entry is the
+        # whitened one already, and whitening twice is refused.
+        point["whitened"] = {"status": "not applicable",
+                             "reason": "the model already ends with a whitening (Dense) layer"}
+        point.update(status="done", finished_utc=_now())
+        return point
     old = previous.get("whitened")
     if old and "sts" in old and (wmodel / "modules.json").is_file():
         wfacts = {k: old[k] for k in ("model", "whitening", "whiten_seconds") if k in old}
@@ -997,9 +1015,17 @@ def start_models(settings: Settings) -> dict[str, Any]:
 
 def _write(out: Path, settings: Settings, rows: dict[str, dict[str, Any]], order: list[str],
            command: str, started: str) -> None:
+    earlier: list[str] = []
+    try:  # the commands of earlier invocations that wrote rows still in this file
+        previous = json.loads(out.read_text(encoding="utf-8"))
+        earlier = [c for c in [*previous.get("earlier_commands", []), previous.get("command")]
+                   if c and c != command]
+    except (OSError, ValueError, AttributeError):
+        pass
     report = {
         "benchmark": "compare_objectives",
         "command": command,
+        "earlier_commands": list(dict.fromkeys(earlier)),
         "protocol": protocol(settings),
         "settings": settings.to_json(),
         "start_models": start_models(settings),
@@ -1035,7 +1061,7 @@ def run_comparison(
     started = _now()
     order = [r for r in ROWS if r in rows or done.get(r, {}).get("status") == "done"]
     # Variant rows (extra recipes in the recipes dir) after the standard ones.
-    order += [r for r in [*done, *rows] if r not in ROWS and r not in order
+    order += [r for r in dict.fromkeys([*done, *rows]) if r not in ROWS and r not in order
               and (r in rows or done.get(r, {}).get("status") == "done")]
     todo = [r for r in rows if not _row_done(r, done.get(r), settings)]
     # The whitened copies of trained rows after the rows they copy.

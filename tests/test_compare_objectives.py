@@ -473,3 +473,17 @@ def test_cli_takes_several_budgets_and_transfer_tasks(data_dir, monkeypatch, tmp
     assert got["rows"] == list(co.DEFAULT_ROWS) and "sgns-init+whiten" in got["rows"]
     co.main(["--data-dir", str(data_dir), "--rows", "nsp", "--transfer-tasks", "none", "--out", str(tmp_path / "r.json")])
     assert got["s"].budgets == (10.0,) and got["s"].transfer_tasks == () and got["rows"] == ["nsp"]
+
+
+def test_point_of_a_model_trained_through_whitening_is_not_whitened_again(tmp_path):
+    """A row trained through its whitening layer (model.output_layer: train) is evaluated raw
+    only: whitening twice is refused, so the point's whitened entry is 'not applicable'."""
+    from benchmarks import compare_objectives as co
+
+    plain, dense = tmp_path / "plain", tmp_path / "dense"
+    for d, kinds in ((plain, ["Transformer", "Pooling"]), (dense, ["Transformer", "Pooling", "Dense"])):
+        d.mkdir()
+        (d / "modules.json").write_text(json.dumps([{"type": f"sentence_transformers.models.{k}"} for k in kinds]))
+    assert co._ends_with_dense(dense) and not co._ends_with_dense(plain)
+    assert not co._ends_with_dense(tmp_path / "missing")
+    assert co._entry_complete({"status": "not applicable", "reason": "x"}, settings=None)

@@ -122,3 +122,19 @@ def test_every_shipped_recipe_validates(recipe, tmp_path, monkeypatch):
     monkeypatch.setenv("TEXTCL_CERT_PAIRS", str(pairs))
     r = load_recipe(repo / recipe)
     assert r.method and r.config is not None
+
+
+def test_resolved_recipe_reproduces_a_time_budgeted_run(tmp_path):
+    """The written recipe.yaml holds what was set (defaults as comments), so loading it again
+    gives the same settings *and* the same set keys: ``train.epochs`` stays a default, and the
+    time-budgeted schedule (no epoch cap) is kept."""
+    src = _recipe(tmp_path, "method: toy\noutput_dir: {out}\ntrain: {{max_minutes: 15, lr: 0.1}}\n")
+    first = load_recipe(src, ["train.batch_size=8"])
+    text = first.to_yaml()
+    assert "# --set train.batch_size=8" in text and "#   train.epochs: 1" in text
+    again = tmp_path / "again.yaml"
+    again.write_text(text)
+    second = load_recipe(again)
+    assert second.resolved == first.resolved
+    assert second.train.model_fields_set == first.train.model_fields_set
+    assert "epochs" not in second.train.model_fields_set and second.train.batch_size == 8

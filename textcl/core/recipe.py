@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import json
 import os
 import re
 import typing
@@ -177,7 +178,8 @@ class _TopLevel(_Strict):
 class Recipe:
     """A validated recipe: shared sections typed here, method sections typed by the method."""
 
-    def __init__(self, path: str, top: _TopLevel, method_config: BaseModel, resolved: dict[str, Any]):
+    def __init__(self, path: str, top: _TopLevel, method_config: BaseModel, resolved: dict[str, Any],
+                 user_set: dict[str, Any] | None = None, overrides: list[str] | None = None):
         self.path = path
         self.method = top.method
         self.output_dir = Path(top.output_dir)
@@ -187,10 +189,34 @@ class Recipe:
         #: The method's config object with ``.model``, ``.data``, ``.objective``.
         self.config = method_config
         self.resolved = resolved
+        #: What the recipe file and ``--set`` gave (the rest are defaults).
+        self.user_set = resolved if user_set is None else user_set
+        self.overrides = list(overrides or [])
 
     def to_yaml(self) -> str:
-        """The fully resolved recipe (defaults filled in, overrides applied)."""
-        return yaml.safe_dump(self.resolved, sort_keys=False, allow_unicode=True)
+        """The recipe as run: the keys the recipe and ``--set`` gave, as YAML, then every default
+        that was filled in, as comments. Loading it gives the same run: a default written as a
+        key would count as set (e.g. ``train.epochs``, which caps a time-budgeted run only when
+        set)."""
+        source = Path(self.path)  # no absolute local path in a published card
+        lines = [f"# resolved from {source.name if source.is_absolute() else source}"]
+        if self.overrides:
+            lines.append("# --set " + " --set ".join(self.overrides))
+        text = "\n".join(lines) + "\n" + yaml.safe_dump(self.user_set, sort_keys=False, allow_unicode=True)
+        given = dict(_flatten(self.user_set))
+        defaults = [(k, v) for k, v in _flatten(self.resolved) if k not in given]
+        if defaults:
+            text += "# defaults (not set; filled in by the schemas):\n" + "".join(
+                f"#   {k}: {json.dumps(v)}\n" for k, v in defaults
+            )
+        return text
+
+
+def _flatten(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """``{"a": {"b": 1}}`` -> ``[("a.b", 1)]`` (lists and scalars are leaves)."""
+    if isinstance(node, dict) and node:
+        return [kv for k, v in node.items() for kv in _flatten(v, f"{prefix}.{k}" if prefix else str(k))]
+    return [(prefix, node)]
 
 
 # ---------------------------------------------------------------------------------
@@ -343,4 +369,12 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         "train": top.train.model_dump(mode="json"),
         "eval": top.eval.model_dump(mode="json"),
     }
-    return Recipe(source, top, method_config, resolved)
+    user_set = {
+        "method": top.method,
+        "output_dir": top.output_dir,
+        **({"seed": top.seed} if "seed" in top.model_fields_set else {}),
+        **method_config.model_dump(mode="json", exclude_unset=True),
+        **{k: getattr(top, k).model_dump(mode="json", exclude_unset=True)
+           for k in ("train", "eval") if k in top.model_fields_set},
+    }
+    return Recipe(source, top, method_config, resolved, user_set, list(overrides or []))
