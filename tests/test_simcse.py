@@ -172,6 +172,13 @@ def test_bad_pair_files_name_file_and_line(tmp_path, rows, message):
         read_pairs(str(tmp_path / "missing.jsonl"))
 
 
+@pytest.mark.parametrize("name, data", [("bin.jsonl", b"\x00\x01\xff\xfe"), ("cut.jsonl.gz", b"\x1f\x8b\x00bad")])
+def test_binary_or_broken_pair_files_are_data_errors(tmp_path, name, data):
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(DataError, match="not a UTF-8 JSONL file"):
+        read_pairs(str(tmp_path / name))
+
+
 def test_config_needs_the_source_of_its_mode(tmp_path):
     pairs = str(_pairs_file(tmp_path / "p.jsonl", ROWS))
     with pytest.raises(ValueError, match="reads data.pairs"):

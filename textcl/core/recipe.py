@@ -308,7 +308,8 @@ def _format_errors(err: ValidationError, model: type[BaseModel], source: str, pr
             msg = e["msg"].removeprefix("Value error, ")
             value = e.get("input")
             shown = f" (got {value!r})" if value is not None and not isinstance(value, (dict, list)) else ""
-            lines.append(f"{source}: {path}: {msg}{shown}")
+            # A whole-section rule (a model validator) has no key path of its own.
+            lines.append(f"{source}: {path}: {msg}{shown}" if path else f"{source}: {msg}{shown}")
     return "\n".join(lines)
 
 

@@ -106,27 +106,31 @@ def read_pairs(path: str) -> tuple[list[SentenceDocument], int]:
     rows: list[SentenceDocument] = []
     lines: list[int] = []
     opener: Any = gzip.open if p.suffix == ".gz" else open
-    with opener(p, "rt", encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}: line {line_no}: invalid JSON ({exc.msg}) — write one JSON object per line") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}: line {line_no}: not a JSON object — write {{\"anchor\": ..., \"positive\": ...}}")
-            texts = []
-            for field in ("anchor", "positive", "negative"):
-                value = row.get(field)
-                if field == "negative" and value is None:
+    try:
+        with opener(p, "rt", encoding="utf-8") as fh:
+            for line_no, line in enumerate(fh, 1):
+                if not line.strip():
                     continue
-                if not isinstance(value, str) or not value.strip():
-                    raise DataError(f"{path}: line {line_no}: missing or empty {field!r} — every row needs non-empty "
-                                    "\"anchor\" and \"positive\" strings (\"negative\" optional)")
-                texts.append(value)
-            rows.append(SentenceDocument(texts[0], texts))
-            lines.append(line_no)
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{path}: line {line_no}: invalid JSON ({exc.msg}) — write one JSON object per line") from None
+                if not isinstance(row, dict):
+                    raise DataError(f"{path}: line {line_no}: not a JSON object — write {{\"anchor\": ..., \"positive\": ...}}")
+                texts = []
+                for field in ("anchor", "positive", "negative"):
+                    value = row.get(field)
+                    if field == "negative" and value is None:
+                        continue
+                    if not isinstance(value, str) or not value.strip():
+                        raise DataError(f"{path}: line {line_no}: missing or empty {field!r} — every row needs non-empty "
+                                        "\"anchor\" and \"positive\" strings (\"negative\" optional)")
+                    texts.append(value)
+                rows.append(SentenceDocument(texts[0], texts))
+                lines.append(line_no)
+    except (UnicodeDecodeError, OSError, EOFError) as exc:  # binary, latin-1, truncated or non-gzip
+        raise DataError(f"{path}: not a UTF-8 JSONL file ({type(exc).__name__}) — write UTF-8 JSON lines, "
+                        "one object per line") from None
     if not rows:
         raise DataError(f"{path}: the pairs file is empty — write one {{\"anchor\": ..., \"positive\": ...}} per line")
     width = len(rows[0].sentences)
