@@ -90,6 +90,14 @@ def pool(token_embeddings: torch.Tensor, attention_mask: torch.Tensor, mode: str
     raise ValueError(f"pooling must be one of {POOLING_MODES}, got {mode!r}")
 
 
+def bow_mean(embedding: nn.Embedding, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of the input-embedding rows of the attended tokens: ``(B, T)`` ids -> ``(B, d)``
+    (the residual bag-of-words path, ``TextEncoder.bow_weight``)."""
+    rows = embedding(input_ids)
+    mask = attention_mask.unsqueeze(-1).to(rows.dtype)
+    return (rows * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+
+
 # --------------------------------------------------------------------------- length batching
 
 #: Padded tokens per forward pass on CPU for a 384-d model (scaled by 384/d); see cpu_token_budget.
@@ -433,6 +441,10 @@ class TextEncoder(nn.Module):
         if bow_weight < 0:
             raise ValueError(f"bow_weight must be >= 0, got {bow_weight}")
         self.bow_weight = float(bow_weight)
+        # Optimizer options (configure_training): defaults = no lever.
+        self.embedding_lr_scale = self.output_layer_lr_scale = 1.0
+        self.anchor_weight = 0.0
+        self._anchor: torch.Tensor | None = None
         if projection_dim is not None:
             d = self.dim
             if projection_hidden_dim is not None:
@@ -558,13 +570,13 @@ class TextEncoder(nn.Module):
         """Per-parameter optimizer options (see :meth:`textcl.core.method.Method.parameter_groups`)."""
         out: dict[int, dict[str, Any]] = {}
         emb = self.transformer.get_input_embeddings().weight
-        scale = getattr(self, "embedding_lr_scale", 1.0)
+        scale = self.embedding_lr_scale
         opts: dict[str, Any] = {"lr_scale": scale} if scale not in (0.0, 1.0) else {}
-        if getattr(self, "_anchor", None) is not None:
+        if self._anchor is not None:
             opts.update(anchor=self._anchor, anchor_weight=self.anchor_weight)
         if opts:
             out[id(emb)] = opts
-        if self.train_output_layer and getattr(self, "output_layer_lr_scale", 1.0) != 1.0:
+        if self.train_output_layer and self.output_layer_lr_scale != 1.0:
             for p in self.output_layer.parameters():  # type: ignore[union-attr]
                 out[id(p)] = {"lr_scale": self.output_layer_lr_scale}
         return out
@@ -723,8 +735,6 @@ class TextEncoder(nn.Module):
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
         pooled = pool(hidden, attention_mask, self.pooling)
         if self.bow_weight:
-            from textcl.st_modules import bow_mean
-
             emb = self.transformer.get_input_embeddings()
             pooled = pooled + self.bow_weight * bow_mean(emb, features["input_ids"], attention_mask).to(pooled.dtype)
         if self.train_output_layer:

@@ -14,14 +14,9 @@ from typing import Any
 import torch
 from sentence_transformers.base.modules import Module
 
+from textcl.encoders import bow_mean
+
 __all__ = ["BagOfWordsResidual", "bow_mean"]
-
-
-def bow_mean(embedding: torch.nn.Embedding, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Mean of the input-embedding rows of the attended tokens: ``(B, T)`` ids -> ``(B, d)``."""
-    rows = embedding(input_ids)
-    mask = attention_mask.unsqueeze(-1).to(rows.dtype)
-    return (rows * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
 
 
 class BagOfWordsResidual(Module):
