@@ -340,14 +340,15 @@ def test_train_cli_under_torchrun_every_text_objective(tmp_path, tiny_bert_dir, 
     for name in TEXT_OBJECTIVES:
         out = runs / name
         rank1 = sorted({path for _, path in writes[1] if Path(path).parts[:1] == (name,)})
-        # rank 1's only write: its RNG state in the checkpoint (kept per process for resume);
+        # rank 1's only writes: its RNG state in the checkpoint (kept per process for resume);
         # a run without a process group would have written everything as a second rank 0
-        assert rank1 == [f"{name}/checkpoints/.tmp-step_00000002/random_states_1.pkl"], (name, rank1)
+        assert rank1 == [f"{name}/checkpoints/.tmp-step_00000002/rank_1.{ext}" for ext in ("json", "safetensors")], (
+            name, rank1)
         rank0 = {Path(path).name for _, path in writes[0] if Path(path).parts[:1] == (name,)}
-        assert {"model.safetensors", "log.jsonl", "metrics.json", "README.md", "random_states_0.pkl"} <= rank0, name
+        assert {"model.safetensors", "log.jsonl", "metrics.json", "README.md", "rank_0.json", "manifest.json"} <= rank0, name
         log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
         assert [r["step"] for r in log if "loss" in r] == [1, 2], name  # one line per step: one writer
         assert json.loads((out / "metrics.json").read_text()), name  # the final evaluation
         checkpoint = out / "checkpoints" / "step_00000002"
         assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [checkpoint.name], name
-        assert {"random_states_0.pkl", "random_states_1.pkl"} <= {p.name for p in checkpoint.iterdir()}, name
+        assert {"rank_0.json", "rank_1.json", "rank_1.safetensors"} <= {p.name for p in checkpoint.iterdir()}, name

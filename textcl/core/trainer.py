@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -34,13 +33,14 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from textcl.core import checkpoint
+from textcl.core.checkpoint import CheckpointError, LogWindow
 from textcl.core.gradcache import GradCache, supports_gradcache
-from textcl.core.io import replace_dir
 from textcl.core.method import Method
 from textcl.core.optim import build_optimizer, lr_lambda
 from textcl.core.recipe import RecipeError, TrainConfig
 
-__all__ = ["NonFiniteLossError", "Trainer", "TrainerState", "TrainingDataError"]
+__all__ = ["CheckpointError", "NonFiniteLossError", "Trainer", "TrainerState", "TrainingDataError"]
 
 logger = logging.getLogger("textcl")
 
@@ -162,6 +162,7 @@ class Trainer:
         self.state = TrainerState()
         self.history: list[dict[str, Any]] = []
         self.last_checkpoint: Path | None = None
+        self._progress: Any = None
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -182,49 +183,35 @@ class Trainer:
             out.append(perm[start : start + b])
         return out
 
-    def _checkpoints(self) -> list[Path]:
-        if not self.checkpoint_dir.is_dir():
-            return []
-        return sorted(p for p in self.checkpoint_dir.glob("step_*") if p.is_dir())
-
     def _save_checkpoint(self) -> None:
-        """accelerator.save_state into a temp dir, then rename: a kill never leaves a
-        half-written checkpoint under a real name."""
-        acc = self.accelerator
+        """Pickle-free checkpoint with a manifest (``textcl.core.checkpoint``)."""
         final = self.checkpoint_dir / f"step_{self.state.step:08d}"
-        tmp = self.checkpoint_dir / f".tmp-step_{self.state.step:08d}"
-        if self.is_main:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        acc.wait_for_everyone()
-        acc.save_state(str(tmp), safe_serialization=True)
-        acc.wait_for_everyone()
-        if self.is_main:
-            replace_dir(tmp, final)
-            for old in self._checkpoints()[: -self.config.keep_last_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
-        acc.wait_for_everyone()
+        checkpoint.save(
+            self.accelerator, final, model=self.method, optimizer=self.optimizer, scheduler=self.scheduler,
+            position=self.state.state_dict(), loader_state=self._loader_epoch_state, window=self._window,
+            keep=self.config.keep_last_checkpoints,
+        )
         self.last_checkpoint = final
+
+    def _resume(self) -> None:
+        """Restore the newest intact checkpoint (a corrupted newer one is skipped with a warning)."""
+        path = checkpoint.find_intact(self.checkpoint_dir, warn=self.is_main)
+        if path is None:
+            logger.warning("--resume: no checkpoint in %s; starting from scratch", self.checkpoint_dir)
+            return
+        back = checkpoint.load(self.accelerator, path, model=self.method, optimizer=self.optimizer,
+                               scheduler=self.scheduler)
+        self.state.load_state_dict(back.position)
+        self._loader_epoch_state, self._window, self.last_checkpoint = back.loader_state, back.window, path
+        if self.is_main:  # drop log lines of the steps the resumed run will redo
+            checkpoint.truncate_log(self.output_dir / "log.jsonl", self.state.step)
+        logger.info("resumed from %s (step %d)", path, self.state.step)
 
     def _log(self, record: dict[str, Any]) -> None:
         self.history.append(record)
         if self.is_main:
             with open(self.output_dir / "log.jsonl", "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(record) + "\n")
-
-    def _truncate_log(self, step: int) -> None:
-        """After a resume, drop log lines from steps the resumed run will redo."""
-        path = self.output_dir / "log.jsonl"
-        if not (self.is_main and path.exists()):
-            return
-        keep = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                if json.loads(line).get("step", 0) <= step:
-                    keep.append(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a kill
-        path.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
 
     def evaluate(self) -> dict[str, float]:
         """Run the method's own ``evaluate`` and every evaluator (main process)."""
@@ -244,8 +231,15 @@ class Trainer:
     def fit(self, resume: bool = False) -> dict[str, float]:
         """Train to ``max_steps`` (or ``epochs``); returns the final evaluation metrics."""
         # TF32 is a process-wide switch: set for this run only, restored afterwards.
-        with _tf32(self.config.tf32):
-            return self._fit(resume)
+        try:
+            with _tf32(self.config.tf32):
+                return self._fit(resume)
+        finally:
+            # Closed before an exception propagates: its message (the CLI prints it) then
+            # stands on its own line instead of inside the bar, which tqdm would redraw.
+            if self._progress is not None:
+                self._progress.close()
+                self._progress = None
 
     def _gradcache(self) -> GradCache | None:
         """The GradCache runner for ``train.mini_batch_size`` (None without it)."""
@@ -324,18 +318,19 @@ class Trainer:
                 optimizer, lr_lambda(cfg.scheduler, max_steps, warmup, cfg.min_lr_ratio)
             )
         model, optimizer = acc.prepare(self.method, optimizer)
-        acc.register_for_checkpointing(scheduler, self.state)
         self.optimizer, self.scheduler, self.model = optimizer, scheduler, model
+        if cfg.save_every_n_steps or resume:
+            checkpoint.check_supported(acc)
+        # A dedicated generator for the DataLoader: creating an iterator must not consume
+        # the global torch RNG, or a resumed run's dropout masks would diverge. Its state at
+        # the start of the epoch is checkpointed (worker seeds are drawn from it).
+        loader_gen = torch.Generator().manual_seed(self.seed)
+        self._loader_epoch_state = loader_gen.get_state()
+        self._window = LogWindow(start=time.perf_counter())
 
         if resume:
-            ckpts = self._checkpoints()
-            if ckpts:
-                acc.load_state(str(ckpts[-1]))
-                self.last_checkpoint = ckpts[-1]
-                self._truncate_log(self.state.step)
-                logger.info("resumed from %s (step %d)", ckpts[-1], self.state.step)
-            else:
-                logger.warning("--resume: no checkpoint in %s; starting from scratch", self.checkpoint_dir)
+            self._resume()
+            loader_gen.set_state(self._loader_epoch_state)
         elif self.is_main and (self.output_dir / "log.jsonl").exists():
             (self.output_dir / "log.jsonl").unlink()
 
@@ -348,7 +343,7 @@ class Trainer:
         if self.is_main:
             from tqdm.auto import tqdm
 
-            progress = tqdm(
+            progress = self._progress = tqdm(
                 total=None if self._time_schedule else max_steps, initial=self.state.step,
                 desc="train", unit="step", dynamic_ncols=True,
             )
@@ -360,9 +355,7 @@ class Trainer:
             if finite.item() < 1.0:
                 self._non_finite(loss, applied=manual)
 
-        window: dict[str, float] = {}
-        window_steps, window_examples, window_start = 0, 0, time.perf_counter()
-        loader_gen = torch.Generator().manual_seed(self.seed)
+        win = self._window
 
         def finished() -> bool:
             over = budget is not None and self.state.train_seconds >= budget
@@ -376,8 +369,7 @@ class Trainer:
             batches = self._epoch_batches(n, epoch)[self.state.batch_in_epoch :]
             pin = cfg.pin_memory if cfg.pin_memory is not None else cfg.num_workers > 0
             pin = pin and acc.device.type == "cuda"  # pinned host memory only helps copies to a GPU
-            # A dedicated generator: creating a DataLoader iterator must not consume
-            # the global torch RNG, or a resumed run's dropout masks would diverge.
+            self._loader_epoch_state = loader_gen.get_state()
             loader = DataLoader(
                 dataset,
                 batch_sampler=_IndexBatches(batches),
@@ -442,26 +434,25 @@ class Trainer:
                 done = finished()
 
                 for key, value in step_metrics.items():
-                    window[key] = window.get(key, 0.0) + value
-                window_steps += 1
-                window_examples += examples * acc.num_processes
+                    win.sums[key] = win.sums.get(key, 0.0) + value
+                win.steps += 1
+                win.examples += examples * acc.num_processes
                 if progress is not None:
                     progress.update(1)
                     progress.set_postfix(loss=f"{step_metrics['loss']:.4f}", lr=f"{lr:.2e}")
 
                 step = self.state.step
                 if step % cfg.log_every_n_steps == 0 or done:
-                    elapsed = time.perf_counter() - window_start
+                    elapsed = time.perf_counter() - win.start
                     record = {"step": step, "epoch": epoch, "lr": lr, "train_seconds": self.state.train_seconds}
-                    for key, value in window.items():
-                        mean = torch.tensor(value / window_steps, device=acc.device)
+                    for key, value in win.sums.items():
+                        mean = torch.tensor(value / win.steps, device=acc.device)
                         if acc.num_processes > 1:
                             mean = acc.reduce(mean, reduction="mean")
                         record[key] = float(mean)
-                    record["examples_per_sec"] = window_examples / max(elapsed, 1e-9)
+                    record["examples_per_sec"] = win.examples / max(elapsed, 1e-9)
                     self._log(record)
-                    window, window_steps, window_examples = {}, 0, 0
-                    window_start = time.perf_counter()
+                    win = self._window = LogWindow(start=time.perf_counter())
                 if cfg.save_every_n_steps and (step % cfg.save_every_n_steps == 0 or done):
                     self._save_checkpoint()
                 if self.eval_every_n_steps and step % self.eval_every_n_steps == 0 and not done:
@@ -482,6 +473,7 @@ class Trainer:
 
         if progress is not None:
             progress.close()
+            self._progress = None
         model.eval()
         metrics = self.evaluate()
         if metrics:
