@@ -28,7 +28,8 @@ class DataDirError(SystemExit):
     """A missing or incomplete data directory (or another user error): exit status 2.
 
     ``SystemExit`` prints nothing for an integer code, so the message is printed where the
-    exception is raised uncaught: see :func:`exit_on_error`.
+    exception is raised uncaught: see :func:`benchmarks._cli.cli_main` (every benchmark's
+    ``main``) and :func:`exit_on_error`.
     """
 
     def __init__(self, message: str) -> None:
@@ -65,7 +66,10 @@ def resolve_data_dir(data_dir: str | Path | None, *required: str) -> Path:
         )
     root = Path(data_dir).expanduser()
     if not root.is_dir():
-        raise DataDirError(f"data directory {root} does not exist")
+        raise DataDirError(
+            f"data directory {root} does not exist — pass --data-dir DIR or set {DATA_ENV} "
+            f"(e.g. export {DATA_ENV}=../shared/data)"
+        )
     missing = [r for r in required if not (root / r).exists()]
     if missing:
         raise DataDirError(f"{root} lacks {', '.join(missing)} (see the layout in ../shared/data/README.md)")

@@ -78,6 +78,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from benchmarks._cli import cli_main
 from benchmarks._curves import (
     ExportAtMinutes,
     budget_key,
@@ -92,7 +93,6 @@ from benchmarks.common import (
     DataDirError,
     add_data_dir_argument,
     environment,
-    exit_on_error,
     finite_json,
     resolve_data_dir,
     write_report,
@@ -348,7 +348,8 @@ def _train_textcl(name: str, recipe: Path, method: str, base: Path, settings: Se
             for marker in ("modules.json", "metrics.json"):
                 (out / marker).unlink(missing_ok=True)
         print(f"[{name}] {command}")
-        run(str(recipe), overrides, resume=resume, overwrite=has_ckpt and not resume,
+        # Not resuming = training afresh: the earlier run's model there is replaced.
+        run(str(recipe), overrides, resume=resume, overwrite=not resume,
             callbacks=[ExportAtMinutes(out, shorter)])
         info["training"] = "resumed" if resume else "trained"
         # Only needed to resume a killed run: ~100 MB each for the small BERT + AdamW.
@@ -1224,6 +1225,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     """Parse arguments and run the comparison."""
     from benchmarks.senteval import STS_TASKS, parse_tasks, required_files
@@ -1270,7 +1272,4 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except DataDirError as err:
-        exit_on_error(err)
+    main()

@@ -53,6 +53,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from benchmarks._cli import cli_main
 from benchmarks.common import add_data_dir_argument, environment, resolve_data_dir, write_report
 
 SPLIT_DEV_FRACTION = 0.2
@@ -488,9 +489,12 @@ _POSITION_OFFSET_TYPES = {"roberta", "xlm-roberta", "camembert", "longformer", "
 
 def transformer_ref(model: str) -> str:
     """Where the HF transformer of ``model`` lives: the ST directory's Transformer module, else itself."""
-    from textcl.encoders import resolve_model_path
+    from textcl.encoders import ModelLoadError, locate_model
 
-    ref = resolve_model_path(model)
+    try:
+        ref = locate_model(model)  # a missing path, a half-installed dir, offline and not cached
+    except ModelLoadError as err:
+        raise GlueError(str(err)) from None
     modules = Path(ref) / "modules.json"
     if modules.is_file():
         try:
@@ -1094,6 +1098,7 @@ def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Parse arguments, run every (model, task, seed), print the tables; write JSON / PNG if asked."""
     argv = sys.argv[1:] if argv is None else argv
@@ -1242,10 +1247,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except SystemExit as exc:
-        # GlueError / DataDirError carry code 2, so Python would exit without their message.
-        if exc.code == 2 and exc.args and isinstance(exc.args[0], str):
-            print(exc.args[0], file=sys.stderr)
-        raise
+    main()  # cli_main prints a GlueError / DataDirError's one line (SystemExit(2) would not)

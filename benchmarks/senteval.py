@@ -48,11 +48,11 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks._cli import cli_main
 from benchmarks.common import (
     DataDirError,
     add_data_dir_argument,
     environment,
-    exit_on_error,
     finite_json,
     resolve_data_dir,
     write_report,
@@ -756,6 +756,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Parse arguments, run the tasks, print the table, write JSON / PNGs if asked."""
     wall = time.perf_counter()
@@ -783,10 +784,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    from textcl.encoders import ModelLoadError
+
     try:
         encoder = load_model(args.model)
-    except (OSError, ValueError) as exc:
-        raise DataDirError(f"cannot load model {args.model!r}: {exc}") from None
+    except ModelLoadError:
+        raise  # one line already, naming the model: cli_main prints it
+    except (OSError, EOFError, ValueError) as exc:  # avg-word-vectors: a missing or malformed vectors file
+        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+        raise DataDirError(f"cannot load model {args.model!r}: {first}") from None
     show = not args.no_progress
 
     report: dict[str, Any] = {
@@ -860,7 +866,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except DataDirError as err:
-        exit_on_error(err)
+    main()

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks._cli import cli_main
 from benchmarks.common import add_data_dir_argument, environment, resolve_data_dir, write_report
 from benchmarks.words import (
     ANALOGY_FILE,
@@ -263,6 +264,7 @@ def write_plot(report: dict[str, Any], png: Path) -> None:
     plt.close(fig)
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(prog="python -m benchmarks.sgns_speed", description=__doc__.split("\n")[0])

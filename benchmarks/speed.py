@@ -70,6 +70,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmarks._cli import check_model, cli_main
 from benchmarks.common import environment
 
 ST = "sentence-transformers"
@@ -149,6 +150,9 @@ def load_texts(
             "textcl://data/gutenberg_sample.jsonl.gz (sentences)",
         )
     else:
+        from textcl.documents import check_data_file
+
+        check_data_file(path)  # missing, a directory, empty, binary, not UTF-8: one line, exit 2
         texts, source = [], str(path)
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rt", encoding="utf-8") as f:
@@ -736,6 +740,7 @@ def resolve_sections(names: list[str], skip: list[str] | None = None) -> list[st
     return [s for s in SECTIONS if s in chosen and s not in set(skip or ())]
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Parse arguments, run the sections, print the table, write JSON / PNG if asked."""
     argv = sys.argv[1:] if argv is None else argv
@@ -798,6 +803,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     text_sections = [s for s in sections if s in ("encode", "train", "gradcache")]
     if text_sections:
         model = args.model or default_model()
+        check_model(model)  # a wrong --model fails now, not after the texts have loaded
         batch = {b: args.batch_size or DEFAULTS[b]["batch_size"] for b in text_sections}
         need = max(
             args.n if "encode" in batch else 0,

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmarks._cli import cli_main
 from benchmarks.common import add_data_dir_argument, environment, resolve_data_dir, write_report
 
 METHODS = ("simclr", "npid", "pirl", "moco", "swav")
@@ -286,6 +287,7 @@ def _previous_report(out: Path) -> dict[str, Any] | None:
         raise SystemExit(f"error: {out}: not valid JSON ({exc.msg}); move it away or drop --update") from None
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(prog="python -m benchmarks.vision", description=__doc__.split("\n")[0])

@@ -33,11 +33,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks._cli import cli_main
 from benchmarks.common import (
     DataDirError,
     add_data_dir_argument,
     environment,
-    exit_on_error,
     resolve_data_dir,
     write_report,
 )
@@ -139,6 +139,11 @@ def write_plot(report: dict[str, Any], png: Path) -> None:
     plt.close(fig)
 
 
+def _first_line(err: BaseException) -> str:
+    return next((ln.strip() for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
+
+
+@cli_main
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Parse arguments, run all four benchmarks, print the table, write JSON / PNG if asked."""
     argv = sys.argv[1:] if argv is None else argv
@@ -173,7 +178,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     data = resolve_data_dir(args.data_dir, *SIMILARITY_FILES.values(), ANALOGY_FILE)
 
     start = time.perf_counter()
-    wv = WordVectors.load(args.vectors)
+    try:
+        wv = WordVectors.load(args.vectors)
+    except (OSError, EOFError, ValueError) as err:  # missing, a directory without vectors, malformed
+        what = _first_line(err)
+        if str(Path(args.vectors).expanduser()) not in what:  # WordVectors' own messages name the file
+            what = f"{args.vectors}: cannot load word vectors ({what})"
+        raise DataDirError(
+            f"{what} — give a word2vec .txt/.bin file, or a directory holding vectors.bin / vectors.txt"
+        ) from None
     timing = {"load_s": time.perf_counter() - start}
     print(f"vectors: {args.vectors} ({len(wv)} words, dim {wv.dim})")
     report: dict[str, Any] = {}
@@ -227,7 +240,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except DataDirError as err:
-        exit_on_error(err)
+    main()

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import gc
 import gzip
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import chain
@@ -37,7 +38,14 @@ from typing import Literal
 
 import numpy as np
 
-from textcl.documents import DataError
+from textcl.documents import (
+    DataError,
+    check_data_file,
+    datasets_quiet,
+    diagnose_data_file,
+    read_problem,
+    text_problem,
+)
 
 __all__ = [
     "Corpus",
@@ -120,23 +128,43 @@ def _is_text_file(source: str) -> bool:
 
 
 def _text_blocks(path: str, normalize: Normalize) -> Iterator[list[str]]:
-    """Lines of a text file, normalised, in blocks of about ``_BLOCK_BYTES``."""
+    """Lines of a text file, normalised, in blocks of about ``_BLOCK_BYTES``.
+
+    Raises ``DataError`` naming the line for binary data (a NUL byte) or bytes that are
+    not UTF-8 (a latin-1 file would otherwise become words with U+FFFD in them), and for
+    broken gzip data.
+    """
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as fh:
-        rest = b""
-        while True:
-            block = fh.read(_BLOCK_BYTES)
-            if not block:
-                break
-            block = rest + block
-            cut = block.rfind(b"\n")
-            if cut < 0:
-                rest = block
-                continue
-            rest = block[cut + 1 :]
-            yield _decode_lines(block[: cut + 1], normalize)
-        if rest:
-            yield _decode_lines(rest, normalize)
+    line = 1  # number of the first line of the next block
+
+    def checked(block: bytes) -> bytes:
+        problem = text_problem(block)
+        if problem is not None:
+            offset, what = problem
+            at = line + block.count(b"\n", 0, offset)
+            raise DataError(f"{path}: line {at}: {what}")
+        return block
+
+    try:
+        with opener(path, "rb") as fh:
+            rest = b""
+            while True:
+                block = fh.read(_BLOCK_BYTES)
+                if not block:
+                    break
+                block = rest + block
+                cut = block.rfind(b"\n")
+                if cut < 0:
+                    rest = block
+                    continue
+                rest = block[cut + 1 :]
+                lines = _decode_lines(checked(block[: cut + 1]), normalize)
+                line += len(lines)
+                yield lines
+            if rest:
+                yield _decode_lines(checked(rest), normalize)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise read_problem(path, exc) from None
 
 
 def _decode_lines(block: bytes, normalize: Normalize) -> list[str]:
@@ -152,6 +180,15 @@ def _decode_lines(block: bytes, normalize: Normalize) -> list[str]:
     return lines
 
 
+def _json_problem(source: str, exc: Exception) -> DataError:
+    """datasets wraps the cause of a failed read: read the file ourselves to name the line."""
+    problem = diagnose_data_file(source)
+    if problem is None:
+        first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+        problem = DataError(f"{source}: cannot be read as JSON lines ({first}) — check the file")
+    return problem
+
+
 def _dataset_blocks(source: str, normalize: Normalize, text_field: str) -> Iterator[list[str]]:
     """Texts of a JSON-lines file or hub dataset (streaming), one text = one sentence."""
     import datasets
@@ -160,10 +197,24 @@ def _dataset_blocks(source: str, normalize: Normalize, text_field: str) -> Itera
     if source.startswith("hf://"):
         name, _, split = source[len("hf://") :].partition(":")
         ds = datasets.load_dataset(name, split=split or "train", streaming=True)
+        rows = iter(ds)
     else:
-        ds = datasets.load_dataset("json", data_files=source, split="train", streaming=True)
+        try:
+            with datasets_quiet():
+                rows = iter(datasets.load_dataset("json", data_files=source, split="train", streaming=True))
+        except Exception as exc:
+            raise _json_problem(source, exc) from None
     block: list[str] = []
-    for row in ds:
+    while True:
+        try:
+            with datasets_quiet():
+                row = next(rows, None)
+        except Exception as exc:
+            if source.startswith("hf://"):
+                raise
+            raise _json_problem(source, exc) from None
+        if row is None:
+            break
         if text_field not in row:
             raise DataError(
                 f"{source}: no field {text_field!r} in the rows (fields: {', '.join(row)}); "
@@ -180,6 +231,8 @@ def _dataset_blocks(source: str, normalize: Normalize, text_field: str) -> Itera
 
 
 def _line_blocks(source: str, normalize: Normalize, text_field: str) -> Iterator[list[str]]:
+    if not source.startswith("hf://"):
+        check_data_file(source)  # missing, a directory, empty, binary, not UTF-8
     if _is_text_file(source):
         return _text_blocks(source, normalize)
     return _dataset_blocks(source, normalize, text_field)
@@ -235,7 +288,8 @@ def load_corpus(
     """Read a corpus once: count words, build the vocabulary, encode the tokens.
 
     Raises ``DataError`` (naming the file and the fix) when the corpus has no words or no
-    word reaches ``min_count``.
+    word reaches ``min_count``, and (naming the line) when the file is missing, empty,
+    binary, not UTF-8, broken gzip or not JSON lines.
     """
     source = str(source)
     # Words get provisional ids in order of first appearance; counts come from one bincount.

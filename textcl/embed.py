@@ -44,7 +44,9 @@ class Embedder:
     def load(cls, name_or_path: str | Path, device: str | None = None) -> Embedder:
         """Load a textcl output dir, any sentence-transformers dir, or an HF encoder (name/path).
 
-        ``device`` defaults to CUDA, then MPS, then CPU.
+        ``device`` defaults to CUDA, then MPS, then CPU. Raises
+        :class:`~textcl.encoders.ModelLoadError` (a one-line message) for a missing path or
+        hub name, a directory that is not a complete model, or corrupt weights.
         """
         encoder = TextEncoder.from_pretrained(str(name_or_path))
         return cls(encoder, device=device or _default_device())
@@ -73,6 +75,10 @@ class Embedder:
         progress bar shows by default when there are more than a few batches.
         """
         single = isinstance(texts, str)
+        # bytes iterate as ints, and None / numbers do not iterate: say what was expected.
+        if not single and (isinstance(texts, (bytes, bytearray, memoryview)) or not hasattr(texts, "__iter__")):
+            hint = " (decode it first: data.decode('utf-8'))" if isinstance(texts, (bytes, bytearray)) else ""
+            raise TypeError(f"texts must be a str or a list of str, got {type(texts).__name__}{hint}")
         items = [texts] if single else list(texts)
         for i, text in enumerate(items):
             if not isinstance(text, str):

@@ -15,6 +15,8 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -234,6 +236,144 @@ def resolve_model_path(name_or_path: str | Path) -> str:
     return str(packaged)
 
 
+class ModelLoadError(ValueError):
+    """A model that cannot be loaded: an empty, missing or mistyped name or path, a directory
+    that is not a model or whose install was interrupted, corrupt weights, or a hub model
+    that is not cached while offline. The message is one line: the model, what is wrong,
+    then the fix."""
+
+
+# Files of a sentence-transformers directory other than modules.json: with them but without
+# modules.json, a directory is an ST model cut short, not a plain Hugging Face model.
+_ST_FILES = ("config_sentence_transformers.json", "sentence_bert_config.json", "1_Pooling")
+
+
+def _looks_like_path(name: str) -> bool:
+    """A name that cannot be a hub repo id (``org/name``) was meant as a local path."""
+    if name.startswith((".", "/", "~")) or "\\" in name:
+        return True
+    try:
+        from huggingface_hub.utils import validate_repo_id
+
+        validate_repo_id(name)
+    except Exception:
+        return True
+    return False
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return any(isinstance(try_to_load_from_cache(repo_id, f), str) for f in ("modules.json", "config.json"))
+
+
+def check_model_dir(path: str | Path, name: str | None = None) -> None:
+    """Raise :class:`ModelLoadError` unless ``path`` is a complete model directory.
+
+    Refused: a directory whose install was cut short (:data:`textcl.core.io.INSTALL_MARKER`
+    or sentence-transformers files without ``modules.json``: plain transformers would load
+    it as another model), and one with neither ``modules.json`` nor ``config.json``.
+    """
+    from textcl.core.io import INSTALL_MARKER
+
+    path = Path(path)
+    name = name or str(path)
+    if (path / "modules.json").is_file():
+        # With modules.json the directory is complete: install_dir_contents removes it
+        # before it moves anything and moves it in last.
+        return
+    marker = (path / INSTALL_MARKER).exists()
+    if marker or any((path / f).exists() for f in _ST_FILES):
+        why = f"{INSTALL_MARKER} is there and modules.json is not" if marker else "modules.json is missing"
+        raise ModelLoadError(
+            f"{name}: incomplete model: its install was interrupted ({why}) — rerun the training with "
+            "--resume (or --overwrite), or copy the model again"
+        )
+    if not (path / "config.json").is_file():
+        if (path / "checkpoints").is_dir():
+            raise ModelLoadError(
+                f"{name}: no model yet (checkpoints/ but no config.json or modules.json): the training has "
+                "not finished — wait for it, or continue it with python -m textcl.train RECIPE --resume"
+            )
+        raise ModelLoadError(
+            f"{name}: not a model directory (no config.json or modules.json) — give a textcl output dir, "
+            "a sentence-transformers dir, a Hugging Face model dir or a hub name"
+        )
+
+
+def locate_model(name_or_path: str | Path) -> str:
+    """:func:`resolve_model_path`, checked before anything loads.
+
+    Raises :class:`ModelLoadError` for an empty name, a file, a path that does not exist, a
+    directory that is not a complete model (:func:`check_model_dir`), and a hub name that
+    is not in the local cache while ``HF_HUB_OFFLINE`` is set. Other hub names pass (with a
+    network, the download says whether they exist).
+    """
+    name = str(name_or_path)
+    if not name.strip():
+        raise ModelLoadError("the model name or path is empty — give a model directory or a hub name")
+    ref = resolve_model_path(name)
+    path = Path(ref)
+    if path.exists():
+        if not path.is_dir():
+            raise ModelLoadError(
+                f"{name}: is a file, not a model directory — give the directory that holds "
+                "config.json / modules.json, or a hub name"
+            )
+        check_model_dir(path, name)
+        return ref
+    if _looks_like_path(name):
+        raise ModelLoadError(f"{name}: no such model directory — fix the path, or give a hub name")
+    if _offline_env() and not _in_hub_cache(ref):
+        raise ModelLoadError(
+            f"{name}: neither a local directory nor in the local Hugging Face cache, and HF_HUB_OFFLINE is "
+            "set — fix the name or path, or download the model once with a network"
+        )
+    return ref
+
+
+def _first_line(exc: BaseException, limit: int = 160) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _explain_load_error(name: str, exc: Exception) -> ModelLoadError:
+    """A one-line :class:`ModelLoadError` for an exception raised while loading ``name``."""
+    kinds = {cls.__name__ for cls in type(exc).__mro__}
+    if "LocalEntryNotFoundError" in kinds:
+        return ModelLoadError(
+            f"{name}: not in the local Hugging Face cache, and the hub cannot be reached — fix the name "
+            "or path, or download the model once with a network"
+        )
+    if kinds & {"RepositoryNotFoundError", "HFValidationError", "RevisionNotFoundError"}:
+        return ModelLoadError(f"{name}: no such local directory or hub model — fix the name or path")
+    if "GatedRepoError" in kinds:
+        return ModelLoadError(
+            f"{name}: a gated hub model — accept its terms on huggingface.co, then log in (hf auth login)"
+        )
+    if "SafetensorError" in kinds:
+        return ModelLoadError(
+            f"{name}: the safetensors weights cannot be read ({_first_line(exc)}) — the file is corrupt or "
+            "truncated; copy, download or train the model again"
+        )
+    return ModelLoadError(
+        f"{name}: cannot load the model ({type(exc).__name__}: {_first_line(exc)}) — check that it is a "
+        "complete model directory or hub name"
+    )
+
+
+@contextmanager
+def _load_errors(name: str) -> Iterator[None]:
+    """Turn whatever loading ``name`` raises into one :class:`ModelLoadError`."""
+    try:
+        yield
+    except (ModelLoadError, MemoryError):
+        raise
+    except Exception as exc:
+        raise _explain_load_error(name, exc) from exc
+
+
 class _Location:
     """A model on local disk or on the hub, with a way to read its small JSON files."""
 
@@ -244,7 +384,15 @@ class _Location:
     def json(self, relpath: str) -> dict[str, Any] | list[Any] | None:
         if self.local:
             file = Path(self.ref) / relpath
-            return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else None
+            if not file.is_file():
+                return None
+            try:
+                return json.loads(file.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise ModelLoadError(
+                    f"{file}: not valid JSON ({_first_line(exc)}) — the model directory is damaged; "
+                    "copy, download or train the model again"
+                ) from None
         from huggingface_hub import hf_hub_download
 
         try:
@@ -488,15 +636,18 @@ class TextEncoder(nn.Module):
         Pooling (a whitening layer, :mod:`textcl.whitening`) becomes :attr:`output_layer` unless
         ``output_layer=False`` (training: the layer was fitted to the features before training).
         ``bow_weight`` overrides the saved residual bag-of-words weight (0 without one).
+        Raises :class:`ModelLoadError` (a one-line message) when the model cannot be loaded.
         """
         from transformers import AutoTokenizer
 
-        loc = _Location(resolve_model_path(name_or_path))
-        layout = _read_st_layout(loc)
-        ref, kwargs = loc.hf_kwargs(layout.transformer_subfolder if layout else "")
-        tokenizer = AutoTokenizer.from_pretrained(ref, **kwargs)
-        if transformer is None:
-            transformer = _load_transformer(ref, **kwargs)
+        name = str(name_or_path)
+        loc = _Location(locate_model(name))
+        with _load_errors(name):
+            layout = _read_st_layout(loc)
+            ref, kwargs = loc.hf_kwargs(layout.transformer_subfolder if layout else "")
+            tokenizer = AutoTokenizer.from_pretrained(ref, **kwargs)
+            if transformer is None:
+                transformer = _load_transformer(ref, **kwargs)
         if max_seq_length is None:
             if layout is not None and layout.max_seq_length is not None:
                 max_seq_length = int(layout.max_seq_length)
@@ -520,7 +671,8 @@ class TextEncoder(nn.Module):
             if output_layer:
                 from textcl.whitening import Whitening
 
-                encoder.output_layer = Whitening.load(_module_dir(loc, layout.dense_subfolder))
+                with _load_errors(name):
+                    encoder.output_layer = Whitening.load(_module_dir(loc, layout.dense_subfolder))
             else:
                 logger.warning(
                     "%s ends with a whitening/Dense layer fitted to its features before training; "

@@ -51,6 +51,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from textcl.core.recipe import OutputDir
+
 __all__ = [
     "PipelineConfig",
     "build_bert",
@@ -632,7 +634,7 @@ class TrainStage(_Strict):
 class PipelineConfig(_Strict):
     """``recipes/text/scratch/pipeline.yaml``: unknown keys are errors."""
 
-    output_dir: str = "runs/scratch"
+    output_dir: OutputDir = "runs/scratch"
     tokenizer: TokenizerStage = Field(default_factory=TokenizerStage)
     sgns: SgnsStage = SgnsStage()
     model: ModelStage = ModelStage()
@@ -649,14 +651,16 @@ def load_pipeline_config(path: str | Path, overrides: Sequence[str] = ()) -> Pip
         _expand_env,
         _format_errors,
         _parse_override,
+        read_config_text,
     )
 
     source = str(path)
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise RecipeError(f"{source}: pipeline config not found (default: {DEFAULT_CONFIG})")
+    text = read_config_text(p, "pipeline config")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise RecipeError(f"{source}: malformed YAML: {exc}") from None
     if not isinstance(data, dict):
@@ -721,7 +725,8 @@ def _stage_sgns(cfg: PipelineConfig, out: Path) -> dict[str, Any]:
     if resume:
         logger.info("sgns: resuming the interrupted run in %s", tmp)
     overrides = [*cfg.sgns.overrides, f"output_dir={tmp}"]
-    metrics = run(cfg.sgns.recipe, overrides, resume=resume)
+    # tmp is the pipeline's own: a model left there by a run killed before the rename is redone.
+    metrics = run(cfg.sgns.recipe, overrides, resume=resume, overwrite=not resume)
     shutil.rmtree(tmp / "checkpoints", ignore_errors=True)  # only needed to resume
     replace_dir(tmp, out)
     return {"recipe": cfg.sgns.recipe, "overrides": cfg.sgns.overrides, "metrics": metrics}
@@ -776,7 +781,8 @@ def _stage_train(cfg: PipelineConfig, forced: bool) -> dict[str, Any]:
     ckpts = out / "checkpoints"
     has_ckpt = ckpts.is_dir() and any(ckpts.iterdir())
     resume = has_ckpt and not forced
-    metrics = run(cfg.train.recipe, cfg.train.overrides, resume=resume, overwrite=has_ckpt and forced)
+    # Forced: the model of an earlier run there is replaced (the caller asked for it).
+    metrics = run(cfg.train.recipe, cfg.train.overrides, resume=resume, overwrite=forced)
     return {"recipe": cfg.train.recipe, "overrides": cfg.train.overrides, "output_dir": str(out), "metrics": metrics}
 
 
@@ -793,18 +799,28 @@ def run_pipeline(cfg: PipelineConfig, *, force: Sequence[str] = (), stop_after: 
 
     Returns (and writes to ``<output_dir>/pipeline.json``) per stage: ``status``
     (``done`` / ``skipped`` / ``disabled``), ``seconds``, ``output`` and its facts.
+    ``output_dir`` is locked for the pipeline's duration (one pipeline at a time:
+    :class:`textcl.core.lock.DirLock`); a second one raises ``RecipeError``.
     """
+    from textcl.core.lock import DirLock, check_output_dir
+
     for name in [*force, *([stop_after] if stop_after else [])]:
         if name not in STAGES:
             raise ValueError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+    root = Path(cfg.output_dir)
+    label = f"output_dir: {root}"
+    check_output_dir(root, label)
+    with DirLock(root, label):
+        return _run_stages(cfg, set(force), stop_after)
+
+
+def _run_stages(cfg: PipelineConfig, force: set[str], stop_after: str | None) -> dict[str, Any]:
     # A rebuilt stage invalidates what was built from it.
-    force = set(force)
     for name in STAGES:
         if name in force:
             force |= set(_DOWNSTREAM[name])
     paths = _paths(cfg)
     root = paths["root"]
-    root.mkdir(parents=True, exist_ok=True)
     summary_path = root / "pipeline.json"
     summary: dict[str, Any] = {"config": cfg.model_dump(mode="json"), "stages": {}}
     if summary_path.is_file():

@@ -49,7 +49,7 @@ from pydantic import Field
 
 from textcl.core.method import MethodConfig
 from textcl.core.recipe import InputFile
-from textcl.documents import DataError, load_documents
+from textcl.documents import DataError, check_data_file, load_documents
 
 __all__ = [
     "SPLITTER",
@@ -271,9 +271,7 @@ def load_sentence_documents(
     cache_path: Path | None = None
     docs: list[SentenceDocument] | None = None
     if local:
-        path = Path(source)
-        if not path.is_file():
-            raise DataError(f"{source}: document file not found")
+        path = check_data_file(source)  # missing, a directory, empty, binary, not UTF-8
         cache_path = _cache_file(cache_root, source, _file_hash(path), text_field, id_field, max_documents)
         # The name's stem is only for people browsing the cache: the same content under
         # another file name is a hit too.

@@ -6,15 +6,21 @@ evaluation; ``initial/<name>`` holds the before-training values), ``README.md``
 (model card) and ``checkpoints/``. Multi-GPU / multi-node:
 ``accelerate launch -m textcl.train RECIPE.yaml``.
 
-Exit codes: 0 done, 2 bad recipe or data, 3 non-finite loss.
+One run at a time per ``output_dir`` (a lock file, ``.textcl.lock``); a model already
+there is replaced only with ``--overwrite``.
+
+Exit codes: 0 done, 2 bad recipe, data, model or output_dir (one ``error:`` line on
+stderr), 3 non-finite loss.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 __all__ = ["main", "run"]
@@ -38,32 +44,97 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")
     p.add_argument(
-        "--overwrite", action="store_true", help="start afresh even if output_dir has checkpoints"
+        "--overwrite", action="store_true",
+        help="start afresh even if output_dir holds checkpoints or a model (replaced when the run ends)",
     )
     return p
 
 
 def run(recipe_path: str, overrides: list[str] | None = None, resume: bool = False,
         overwrite: bool = False, callbacks: list[Any] | None = None) -> dict[str, float]:
-    """Programmatic entry point (raises instead of exiting)."""
+    """Programmatic entry point (raises instead of exiting).
+
+    Before anything loads: ``output_dir`` must be usable (not a file, not under one,
+    writable), no other run may hold it (:class:`textcl.core.lock.DirLock`, held until this
+    returns or raises), and an existing model or checkpoints there are replaced only with
+    ``overwrite`` (``resume`` continues from the checkpoints). Problems raise ``RecipeError``.
+    """
+    from textcl.core.lock import DirLock, check_output_dir, launch_rank
+    from textcl.core.recipe import load_recipe
+
+    recipe = load_recipe(recipe_path, overrides)
+    out = recipe.output_dir
+    label = f"{recipe_path}: output_dir: {out}"
+    # Only rank 0 writes into output_dir; the other processes of a launch just check it.
+    main_rank = launch_rank() == 0
+    check_output_dir(out, label, create=main_rank)
+    with DirLock(out, label) if main_rank else contextlib.nullcontext():
+        _check_replace(out, recipe_path, resume=resume, overwrite=overwrite)
+        return _run(recipe, recipe_path, resume=resume, overwrite=overwrite, callbacks=callbacks)
+
+
+# What a model install leaves in output_dir (any method), and what a run writes before one.
+_MODEL_FILES = ("metrics.json", "modules.json", "config.json", "vectors.bin", "vectors.txt")
+_RUN_FILES = ("recipe.yaml", "log.jsonl", "initial_metrics.json", "checkpoints")
+
+
+def _model_file(out: Path) -> str | None:
+    """The name of a file showing that ``out`` holds a model (or part of one), else None."""
+    from textcl.core.io import INSTALL_MARKER
+
+    for name in (*_MODEL_FILES, INSTALL_MARKER):
+        if (out / name).exists():
+            return name
+    return next((p.name for p in sorted(out.glob("*.safetensors"))), None)
+
+
+def _check_replace(out: Path, recipe_path: str, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to replace a model, checkpoints or files of another program without --overwrite."""
+    from textcl.core.recipe import RecipeError
+
+    ckpts = out / "checkpoints"
+    has_ckpt = ckpts.is_dir() and any(ckpts.iterdir())
+    if has_ckpt and not (resume or overwrite):
+        raise RecipeError(
+            f"{recipe_path}: output_dir: {out} already holds checkpoints; pass --resume to continue "
+            "that run, --overwrite to start afresh, or choose another output_dir"
+        )
+    if overwrite or (resume and has_ckpt):
+        return
+    model = _model_file(out)
+    if model is not None and resume:
+        raise RecipeError(
+            f"{recipe_path}: output_dir: {out} holds a model ({model}) but no checkpoint to resume from — "
+            "pass --overwrite to train afresh and replace it, or choose another output_dir"
+        )
+    if model is not None:
+        raise RecipeError(
+            f"{recipe_path}: output_dir: {out} already holds a model ({model}) — pass --overwrite to "
+            "replace it, or choose another output_dir"
+        )
+    entries = [p.name for p in out.iterdir() if not p.name.startswith(".")] if out.is_dir() else []
+    if entries and not any(name in entries for name in _RUN_FILES):
+        raise RecipeError(
+            f"{recipe_path}: output_dir: {out} is a directory of other files ({', '.join(sorted(entries)[:3])}"
+            f"{', ...' if len(entries) > 3 else ''}), not a textcl run — choose a new or empty directory, "
+            "or pass --overwrite to write the model among them"
+        )
+
+
+def _run(recipe: Any, recipe_path: str, *, resume: bool, overwrite: bool,
+         callbacks: list[Any] | None) -> dict[str, float]:
+    """The run itself, once output_dir is checked and locked."""
     import shutil
 
     from accelerate.utils import set_seed
 
     from textcl.core.io import atomic_write_json, atomic_write_text, install_dir_contents
     from textcl.core.method import get_method_class
-    from textcl.core.recipe import RecipeError, load_recipe
     from textcl.core.trainer import Trainer
     from textcl.evaluation import build_evaluators
 
-    recipe = load_recipe(recipe_path, overrides)
     out = recipe.output_dir
     ckpts = out / "checkpoints"
-    if ckpts.is_dir() and any(ckpts.iterdir()) and not (resume or overwrite):
-        raise RecipeError(
-            f"{recipe_path}: output_dir: {out} already holds checkpoints; pass --resume to continue "
-            "that run, --overwrite to start afresh, or choose another output_dir"
-        )
     if overwrite and ckpts.is_dir():
         shutil.rmtree(ckpts)
 
@@ -127,18 +198,24 @@ def _print_comparison(before: dict[str, float], after: dict[str, float]) -> None
 
 
 def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; returns the exit status (see the module docstring)."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("transformers", "datasets", "sentence_transformers", "accelerate"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
+    from transformers.utils import logging as hf_logging
+
     from textcl.core.recipe import RecipeError
     from textcl.core.trainer import NonFiniteLossError, TrainingDataError
     from textcl.documents import DataError
+    from textcl.encoders import ModelLoadError
 
+    # transformers' "Loading weights" bars: noise on stderr next to the run's own progress.
+    hf_logging.disable_progress_bar()
     try:
         run(args.recipe, args.overrides, resume=args.resume, overwrite=args.overwrite)
-    except (RecipeError, DataError, TrainingDataError) as exc:
+    except (RecipeError, DataError, TrainingDataError, ModelLoadError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except NonFiniteLossError as exc:

@@ -38,10 +38,12 @@ __all__ = [
     "EvalConfig",
     "EvaluatorConfig",
     "InputFile",
+    "OutputDir",
     "Recipe",
     "RecipeError",
     "TrainConfig",
     "load_recipe",
+    "read_config_text",
     "resolve_input_path",
 ]
 
@@ -71,6 +73,42 @@ def _existing_file(value: str) -> str:
 
 #: A recipe field naming an input file that must exist.
 InputFile = Annotated[str, AfterValidator(_existing_file)]
+
+
+def _non_empty_dir(value: str) -> str:
+    # Path("") is the working directory: the model would land among the user's files.
+    if not value.strip():
+        raise ValueError("is empty — set a directory, e.g. runs/my-run")
+    return value
+
+
+#: A recipe field naming an output directory (not empty: that would be the working directory).
+OutputDir = Annotated[str, AfterValidator(_non_empty_dir)]
+
+
+def read_config_text(path: str | Path, what: str = "recipe") -> str:
+    """The text of a YAML config file; ``RecipeError`` (one line) if it is missing, a
+    directory, unreadable, binary or not UTF-8."""
+    source = str(path)
+    p = Path(path)
+    if p.is_dir():
+        raise RecipeError(f"{source}: is a directory, not a {what} file — give the path of a .yaml file")
+    if not p.is_file():
+        raise RecipeError(f"{source}: {what} file not found")
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise RecipeError(f"{source}: cannot be read ({exc.strerror or exc}) — check the file's permissions") from None
+    if b"\x00" in raw:
+        line = raw[: raw.index(b"\x00")].count(b"\n") + 1
+        raise RecipeError(f"{source}: line {line}: binary data (a NUL byte), not YAML text — give the path of a {what} .yaml file")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise RecipeError(
+            f"{source}: line {line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}) — save the {what} as UTF-8"
+        ) from None
 
 
 class _Strict(BaseModel):
@@ -166,7 +204,7 @@ class EvalConfig(_Strict):
 
 class _TopLevel(_Strict):
     method: str
-    output_dir: str
+    output_dir: OutputDir
     seed: int = 42
     model: dict[str, Any] = {}
     data: dict[str, Any] = {}
@@ -308,19 +346,20 @@ def _format_errors(err: ValidationError, model: type[BaseModel], source: str, pr
             msg = e["msg"].removeprefix("Value error, ")
             value = e.get("input")
             shown = f" (got {value!r})" if value is not None and not isinstance(value, (dict, list)) else ""
+            # The value belongs to the "what" part of a message, before its " — fix".
+            what, dash, fix = msg.partition(" — ")
+            msg = f"{what}{shown}{dash}{fix}"
             # A whole-section rule (a model validator) has no key path of its own.
-            lines.append(f"{source}: {path}: {msg}{shown}" if path else f"{source}: {msg}{shown}")
+            lines.append(f"{source}: {path}: {msg}" if path else f"{source}: {msg}")
     return "\n".join(lines)
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read, override, expand and validate a recipe file. Raises ``RecipeError``."""
     source = str(path)
-    p = Path(path)
-    if not p.is_file():
-        raise RecipeError(f"{source}: recipe file not found")
+    text = read_config_text(path)
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
