@@ -1,5 +1,6 @@
 """What every vision method shares: recipe sections, data plumbing, kNN evaluation,
-output, heads, and InfoNCE with excluded candidates.
+output, and the MLP projection head. (InfoNCE with excluded candidates is the core
+``textcl.core.losses.info_nce``.)
 
 A vision ``Method`` receives batches ``{"images": uint8 (B, H, W, 3), "index": (B,)}``
 (uint8 moves to the device 4x cheaper than float) and augments them there, in
@@ -35,7 +36,10 @@ class VisionConfig(MethodConfig):
 
 
 def projection_mlp(in_dim: int, hidden_dim: int, out_dim: int, num_layers: int = 2) -> nn.Sequential:
-    """``num_layers`` linear layers with BatchNorm + ReLU between them (SimCLR v2 / MoCo v2 / SwAV head)."""
+    """``num_layers`` linear layers with BatchNorm + ReLU between them (the last one has a
+    bias, the others none as BatchNorm follows): SimCLR's and SwAV's projection head
+    (SimCLR v2 uses 3 layers). MoCo uses it too, with BatchNorm -- MoCo v2's own head is
+    Linear-ReLU-Linear without BatchNorm."""
     layers: list[nn.Module] = []
     dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
     for i in range(num_layers):
