@@ -10,13 +10,14 @@ import pytest
 import torch
 
 from textcl.objectives.permutation import (
-    PassageDataset,
     PermutationConfig,
     SentencePermutation,
+    ShuffledPassageDataset,
     decode_orders,
     kendall_tau,
     successor_targets,
 )
+from textcl.objectives.permutation_pirl import PermutationPIRL
 from textcl.sentences import SentenceDocument
 from textcl.train import main
 
@@ -29,7 +30,7 @@ def _toy_ids(lengths):
 def test_labels_invert_shuffle_and_passages_stay_in_one_document():
     lengths = [3, 7, 12, 2, 5, 9]
     ids = _toy_ids(lengths)
-    ds = PassageDataset(ids, k=3, seed=5)
+    ds = ShuffledPassageDataset(ids, k=3, seed=5)
     # non-overlapping windows; the 2-sentence document gives none
     assert len(ds) == sum(n // 3 for n in lengths)
     starts = set()
@@ -59,14 +60,14 @@ def test_successor_targets():
 
 def test_seeded_determinism():
     ids = _toy_ids([20, 31, 17])
-    a, b = PassageDataset(ids, 5, seed=1), PassageDataset(ids, 5, seed=1)
+    a, b = ShuffledPassageDataset(ids, 5, seed=1), ShuffledPassageDataset(ids, 5, seed=1)
     assert [a[i] for i in range(len(a))] == [b[i] for i in range(len(b))]
     b.set_epoch(1)
     assert [a[i]["order"] for i in range(len(a))] != [b[i]["order"] for i in range(len(b))]
-    c = PassageDataset(ids, 5, seed=2)
+    c = ShuffledPassageDataset(ids, 5, seed=2)
     assert [a[i]["order"] for i in range(len(a))] != [c[i]["order"] for i in range(len(c))]
     # the held-out stream is its own fixed sequence
-    d = PassageDataset(ids, 5, seed=1, stream=1)
+    d = ShuffledPassageDataset(ids, 5, seed=1, stream=1)
     assert [a[i]["order"] for i in range(len(a))] != [d[i]["order"] for i in range(len(d))]
 
 
@@ -268,7 +269,7 @@ def test_gradcache_matches_plain_backward(tmp_path):
 def test_pirl_variant_views_and_training(tmp_path, tiny_bert_dir, one_thread):
     m = _method(tmp_path, k=3)
     m.cfg.objective.variant = "pirl"
-    pirl = SentencePermutation(m.encoder, m.cfg, [SentenceDocument("a", [f"s {j}." for j in range(6)])])
+    pirl = PermutationPIRL(m.encoder, m.cfg, [SentenceDocument("a", [f"s {j}." for j in range(6)])])
     assert not hasattr(pirl, "successor_head")  # no unused parameters under DDP
     pirl.chunk_tokens = None  # one padded batch, rows in example order
     ds = pirl.train_dataset()
@@ -297,6 +298,35 @@ train: {{batch_size: 8, max_steps: 40, lr: 0.002, warmup_steps: 3, log_every_n_s
     assert metrics["permutation_pirl_heldout_loss"] < metrics["initial/permutation_pirl_heldout_loss"] - 0.3
     assert metrics["permutation_pirl_heldout_top1"] > metrics["initial/permutation_pirl_heldout_top1"]
     assert "PIRL" in (tmp_path / "run" / "README.md").read_text()
+
+
+def test_old_pirl_spelling_builds_the_pirl_method(tmp_path, tiny_bert_dir, one_thread):
+    from textcl.core.method import get_method_class
+    from textcl.core.recipe import load_recipe
+
+    docs = tmp_path / "ordered.jsonl"
+    _ordered_corpus(docs, n_docs=8)
+    methods = []
+    for name, extra in (("permutation", ", variant: pirl"), ("permutation-pirl", "")):
+        recipe = tmp_path / f"{name}.yaml"
+        recipe.write_text(f"""
+method: {name}
+output_dir: {tmp_path / name}
+model: {{name_or_path: {tiny_bert_dir}, max_seq_length: 64}}
+data: {{documents: {docs}, held_out_fraction: 0.25, max_tokens: 16, cache_dir: {tmp_path / 'cache'}}}
+objective: {{passage_sentences: 4, temperature: 0.1{extra}}}
+""")
+        torch.manual_seed(0)
+        methods.append(get_method_class(name).from_recipe(load_recipe(recipe)))
+    old, new = methods
+    assert type(old) is type(new) is PermutationPIRL
+    ds_old, ds_new = old.train_dataset(), new.train_dataset()
+    old.eval(), new.eval()
+    with torch.no_grad():
+        a = old(old.collate([ds_old[i] for i in range(4)]))["loss"]
+        b = new(new.collate([ds_new[i] for i in range(4)]))["loss"]
+    assert a.item() == b.item()
+    assert old.card_info() == new.card_info() and old.evaluate() == new.evaluate()
 
 
 class _Heads(torch.nn.Module):

@@ -42,6 +42,9 @@ CASES = [
      "objective: {{num_anchor: 2}}\n", [], ["objective.num_anchor: unknown key", "did you mean 'num_anchors'"]),
     ("method: declutr\noutput_dir: {out}\ndata: {{documents: textcl://data/gutenberg_sample.jsonl.gz}}\n"
      "objective: {{min_span_len: 64, max_span_len: 32}}\n", [], ["objective", "min_span_len (64) must be <="]),
+    # the successor task's keys are not the order-invariant variant's
+    ("method: permutation-pirl\noutput_dir: {out}\ndata: {{documents: textcl://data/gutenberg_sample.jsonl.gz}}\n"
+     "objective: {{in_batch_negatives: true}}\n", [], ["objective.in_batch_negatives: unknown key"]),
 ]
 
 

@@ -187,6 +187,7 @@ METHODS: dict[str, str] = {
     "nsp": "textcl.objectives.next_sentence:NextSentence",
     "neighbour": "textcl.objectives.neighbour_sentence:NeighbourSentence",
     "permutation": "textcl.objectives.permutation:SentencePermutation",
+    "permutation-pirl": "textcl.objectives.permutation_pirl:PermutationPIRL",
     "simcse": "textcl.objectives.simcse:SimCSE",
     "simclr": "vision.methods.simclr:SimCLR",
     "npid": "vision.methods.memory_bank:NPID",

@@ -18,7 +18,7 @@ batch (DeCLUTR adds it in the paper; here any objective may). The pieces:
   resumed run and dataloader worker.
 * :class:`MLMSeeded` -- a dataset wrapper giving every item an ``mlm_seed`` drawn from
   ``(seed, stream, epoch, index)`` -- the key of the item's own generator
-  (:func:`textcl.objectives._sentence_common.example_rng`) with a trailing tag, so it is
+  (:func:`textcl.objectives.base.example_rng`) with a trailing tag, so it is
   independent of the item's own draws. DeCLUTR draws its ``mlm_seed`` from the item's
   generator itself (kept as it was).
 * :class:`MLMAuxiliary` -- the method mixin: ``init_mlm``, ``mlm_dataset``, ``add_mlm``
@@ -172,7 +172,8 @@ class MLMAuxiliary:
     (an :class:`MLMOptions`). Call :meth:`init_mlm` in ``__init__``; wrap ``train_dataset``'s
     dataset in :meth:`mlm_dataset` (unless its items carry their own ``mlm_seed``); end
     ``collate`` with :meth:`add_mlm` (the query / anchor token ids) and ``forward`` with
-    :meth:`with_auxiliary`."""
+    :meth:`with_auxiliary`. :class:`textcl.objectives.base.TextMethod` does the ``__init__``
+    and ``forward`` parts."""
 
     encoder: Any
     cfg: Any

@@ -1,6 +1,5 @@
-"""Shared parts of the sentence-level objectives (next-sentence, neighbour, permutation).
+"""Shared parts of the sentence-level objectives (next-sentence, neighbour, SimCSE).
 
-* :class:`EncoderSection` -- the ``model:`` recipe section and :func:`build_encoder`.
 * :class:`SentenceCorpus` -- tokenised sentence documents with a global id per sentence
   (``gid``) and a hash of each sentence's token ids (``text_key``, to spot the same
   sentence text at another position: "Yes." occurs in many chapters).
@@ -8,30 +7,32 @@
   (document-level split), split statistics.
 * :class:`PositionDataset` -- map-style dataset over ``(document, sentence)`` positions
   whose randomness derives from ``(seed, stream, epoch, index)`` only.
-* Held-out helpers: :func:`heldout_positions`, :func:`embed_token_ids` (top-1: :func:`textcl.core.losses.retrieval_top1`).
+* Held-out helpers: :func:`heldout_positions`, :func:`duplicate_text_mask` (embeddings:
+  :meth:`textcl.objectives.base.TextMethod.embed_ids`; top-1: :func:`textcl.core.losses.retrieval_top1`).
+* :class:`SentenceObjective` -- the :class:`~textcl.objectives.base.TextMethod` of an
+  objective trained on a :class:`SentenceCorpora`.
 
 Private to ``textcl.objectives``: the public sentence API is :mod:`textcl.sentences`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
 
-from textcl.core.method import Method
 from textcl.documents import DataError, held_out_split
-from textcl.objectives._encoder import (
-    EncoderSection,
-    build_encoder,
-    encoder_card_facts,
-    resolve_chunk_tokens,
+from textcl.objectives.base import (
+    EVAL_STREAM,
+    TRAIN_STREAM,
+    SeededDataset,
+    TextMethod,
+    embed_token_ids,
+    example_rng,
 )
-from textcl.objectives._mlm import MLMAuxiliary, build_encoder_and_mlm
 from textcl.sentences import (
     SentenceDataSection,
     SentenceDocument,
@@ -48,25 +49,12 @@ __all__ = [
     "SentenceCorpora",
     "SentenceCorpus",
     "SentenceObjective",
-    "EncoderSection",
-    "build_encoder",
     "duplicate_text_mask",
     "embed_token_ids",
     "example_rng",
     "heldout_positions",
     "load_sentence_corpora",
-    "resolve_chunk_tokens",
 ]
-
-#: Streams of :func:`example_rng`: training examples vs the fixed held-out examples.
-TRAIN_STREAM, EVAL_STREAM = 0, 1
-
-
-def example_rng(seed: int, stream: int, epoch: int, index: int) -> np.random.Generator:
-    """The generator of one example: a function of (seed, stream, epoch, index) only, so a
-    resumed run and any number of dataloader workers draw the same examples."""
-    return np.random.default_rng([seed, stream, epoch, index])
-
 
 # --------------------------------------------------------------------- corpus
 class SentenceCorpus:
@@ -149,7 +137,7 @@ def load_sentence_corpora(data: SentenceDataSection, tokenizer: Any) -> Sentence
 
 
 # --------------------------------------------------------------------- datasets
-class PositionDataset(torch.utils.data.Dataset):
+class PositionDataset(SeededDataset):
     """Map-style dataset over ``positions`` (``(N, 2)`` rows of document, sentence).
 
     Subclasses implement :meth:`example`; its ``rng`` comes from
@@ -157,18 +145,15 @@ class PositionDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, corpus: SentenceCorpus, positions: np.ndarray, seed: int, stream: int = TRAIN_STREAM):
-        self.corpus, self.positions, self.seed, self.stream = corpus, positions, seed, stream
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        super().__init__(seed, stream)
+        self.corpus, self.positions = corpus, positions
 
     def __len__(self) -> int:
         return len(self.positions)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         d, s = (int(x) for x in self.positions[index])
-        return self.example(d, s, example_rng(self.seed, self.stream, self.epoch, index))
+        return self.example(d, s, self.rng(index))
 
     def example(self, d: int, s: int, rng: np.random.Generator) -> dict[str, Any]:
         raise NotImplementedError
@@ -189,22 +174,6 @@ def heldout_positions(corpus: SentenceCorpus, valid: Callable[[int, int], bool],
     return np.array(rows, dtype=np.int64).reshape(-1, 2)
 
 
-@torch.no_grad()
-def embed_token_ids(encoder: Any, ids: Sequence[list[int]], *, batch_size: int = 64,
-                    chunk_tokens: int | None = None, project: bool = True) -> torch.Tensor:
-    """Embeddings ``(len(ids), d)`` of token-id lists (no special tokens), no gradient."""
-    from accelerate.utils import send_to_device
-
-    device = encoder.device
-    out = []
-    for start in range(0, len(ids), batch_size):
-        features = encoder.pad_token_ids(list(ids[start : start + batch_size]), chunk_tokens=chunk_tokens)
-        out.append(encoder(send_to_device(features, device), project=project))
-    if not out:
-        return torch.empty(0, encoder.dim, device=device)
-    return torch.cat(out)
-
-
 def duplicate_text_mask(query_keys: torch.Tensor, candidate_keys: torch.Tensor,
                         positive_mask: torch.Tensor) -> torch.Tensor:
     """``(B, K)`` bool: candidates that are not positives but whose text equals the query's
@@ -218,36 +187,23 @@ def duplicate_text_mask(query_keys: torch.Tensor, candidate_keys: torch.Tensor,
 
 
 # --------------------------------------------------------------------- base method
-class SentenceObjective(MLMAuxiliary, Method):
-    """Base of the sentence-level objectives: an encoder, train / held-out sentence corpora
-    and the seed; ``from_recipe``, ``card_info`` and ``save_model`` shared; the auxiliary MLM
-    term (``objective.mlm_weight``, :mod:`textcl.objectives._mlm`) set up here.
-
-    Subclasses set ``name``, ``config_class`` (with ``model``: :class:`EncoderSection`,
-    ``data``: :class:`~textcl.sentences.SentenceDataSection`, ``objective``), ``citation`` and
-    ``title`` (one line for the model card).
+class SentenceObjective(TextMethod):
+    """Base of the objectives trained on sentence corpora: train / held-out
+    :class:`SentenceCorpora` from the ``data:`` section
+    (:class:`~textcl.sentences.SentenceDataSection`), the model card's data line and the
+    sequence-length check. Subclasses set ``name``, ``config_class``, ``citation``, ``title``.
     """
-
-    title: ClassVar[str] = ""
 
     def __init__(self, encoder: Any, config: Any, corpora: SentenceCorpora, seed: int = 42,
                  mlm_model: torch.nn.Module | None = None):
-        super().__init__()
-        self.encoder = encoder
-        self.cfg = config
-        self.seed = seed
-        self.init_mlm(mlm_model)
+        super().__init__(encoder, config, seed, mlm_model)
         self.train_corpus, self.eval_corpus = corpora.train, corpora.eval
         self.stats = corpora.stats
         self.held_out_documents = corpora.held_out_documents
-        self.chunk_tokens = resolve_chunk_tokens(encoder, config.model.forward_chunk_tokens)
 
     @classmethod
-    def from_recipe(cls, recipe: Any) -> SentenceObjective:
-        cfg = recipe.config
-        encoder, mlm_model = build_encoder_and_mlm(cfg.model, cfg.objective)
-        corpora = load_sentence_corpora(cfg.data, encoder.tokenizer)
-        return cls(encoder, cfg, corpora, seed=recipe.seed, mlm_model=mlm_model)
+    def load_data(cls, config: Any, tokenizer: Any) -> dict[str, Any]:
+        return {"corpora": load_sentence_corpora(config.data, tokenizer)}
 
     def check_sequence_length(self, content_tokens: int, specials: int, what: str) -> None:
         """Raise a ``DataError`` naming the keys to change when inputs would be cut."""
@@ -258,22 +214,11 @@ class SentenceObjective(MLMAuxiliary, Method):
                 "model.max_seq_length"
             )
 
-    def card_info(self) -> dict[str, Any]:
-        e = self.encoder
-        return {
-            "objective": self.title or self.name,
-            "objective_citation": self.citation,
-            **encoder_card_facts(e, self.cfg.model.name_or_path),
-            "data": (
-                f"{len(self.train_corpus)} training documents ({self.train_corpus.num_sentences} sentences, "
-                f"split with {splitter_version()}) from `{self.cfg.data.documents}`; "
-                f"{len(self.eval_corpus)} of {self.held_out_documents} held-out documents used for the "
-                f"pretext metric; {self.stats.empty} empty and {self.stats.too_few_sentences} documents "
-                f"with fewer than {self.cfg.data.min_sentences} sentences skipped"
-            ),
-        }
-
-    def save_model(self, path: Path, card_info: dict[str, Any]) -> None:
-        from textcl.card import render_model_card
-
-        self.encoder.save(path, model_card=render_model_card(card_info))
+    def describe_data(self) -> str:
+        return (
+            f"{len(self.train_corpus)} training documents ({self.train_corpus.num_sentences} sentences, "
+            f"split with {splitter_version()}) from `{self.cfg.data.documents}`; "
+            f"{len(self.eval_corpus)} of {self.held_out_documents} held-out documents used for the "
+            f"pretext metric; {self.stats.empty} empty and {self.stats.too_few_sentences} documents "
+            f"with fewer than {self.cfg.data.min_sentences} sentences skipped"
+        )

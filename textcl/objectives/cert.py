@@ -34,27 +34,21 @@ import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator
 
 from textcl.core.distributed import batch_offset, gather_no_grad
 from textcl.core.losses import info_nce, retrieval_top1
-from textcl.core.method import Method, MethodConfig
+from textcl.core.method import MethodConfig
 from textcl.core.momentum import momentum_copy, update_momentum
 from textcl.core.queue import FeatureQueue
 from textcl.core.recipe import resolve_input_path
 from textcl.documents import DataError, Document, held_out_split
-from textcl.objectives._encoder import (
-    EncoderSection,
-    encoder_card_facts,
-    resolve_chunk_tokens,
-)
-from textcl.objectives._mlm import MLMAuxiliary, MLMOptions, build_encoder_and_mlm
+from textcl.objectives._mlm import MLMOptions
+from textcl.objectives.base import SeededDataset, TextConfig, TextMethod
 
 __all__ = ["CERT", "CERTConfig", "Pair", "load_pairs"]
 
@@ -110,8 +104,7 @@ class CERTObjective(MLMOptions):
     key_dropout: bool = Field(False, description="run the key encoder with dropout (train mode)")
 
 
-class CERTConfig(MethodConfig):
-    model: EncoderSection = EncoderSection()
+class CERTConfig(TextConfig):
     data: PairsSection
     objective: CERTObjective = CERTObjective()
 
@@ -216,16 +209,13 @@ def load_pairs(
     return pairs, counts
 
 
-class _PairDataset(torch.utils.data.Dataset):
+class _PairDataset(SeededDataset):
     """Token ids of each sentence and its translations; an item draws one translation from
     (seed, stream, epoch, index)."""
 
     def __init__(self, queries: list[list[int]], keys: list[list[list[int]]], seed: int, stream: int = 0):
-        self.queries, self.keys, self.seed, self.stream = queries, keys, seed, stream
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        super().__init__(seed, stream)
+        self.queries, self.keys = queries, keys
 
     def __len__(self) -> int:
         return len(self.queries)
@@ -234,32 +224,30 @@ class _PairDataset(torch.utils.data.Dataset):
         options = self.keys[index]
         j = 0
         if len(options) > 1 and self.stream == 0:  # held-out pairs: always the first
-            j = int(np.random.default_rng([self.seed, self.stream, self.epoch, index]).integers(len(options)))
+            j = int(self.rng(index).integers(len(options)))
         return {"query": self.queries[index], "key": options[j]}
 
 
 # --------------------------------------------------------------------- the method
-class CERT(MLMAuxiliary, Method):
+class CERT(TextMethod):
     name = "cert"
     config_class = CERTConfig
     citation = CITATION
 
     def __init__(self, encoder: Any, config: CERTConfig, pairs: list[Pair], seed: int = 42,
                  pair_counts: dict[str, int] | None = None, mlm_model: torch.nn.Module | None = None):
-        super().__init__()
+        super().__init__(encoder, config, seed, mlm_model)  # objective.mlm_weight: MLM on the queries
         obj = config.objective
-        self.cfg, self.seed = config, seed
         self.pair_counts = dict(pair_counts or {})
-        self.encoder = encoder
-        # The key encoder shares the (parameter-free) tokenizer instead of deep-copying it.
+        # The key encoder (the MLM head is the method's, not the encoder's: not in the copy)
+        # shares the (parameter-free) tokenizer instead of deep-copying it.
         tokenizer, encoder.tokenizer = encoder.tokenizer, None
         try:
             self.key_encoder = momentum_copy(encoder)
         finally:
             encoder.tokenizer = tokenizer
         self.key_encoder.tokenizer = tokenizer
-        self.init_mlm(mlm_model)  # objective.mlm_weight: MLM on the queries (after the key copy: not in it)
-        self.queue = FeatureQueue(obj.queue_size, self._output_width(), init="random")
+        self.queue = FeatureQueue(obj.queue_size, self.projected_dim, init="random")
         # Every rank writes the same gathered keys, so DDP need not broadcast the queue.
         self._ddp_params_and_buffers_to_ignore = [n for n, _ in self.named_buffers() if n.startswith("queue.")]
         self._pending: list[torch.Tensor] = []
@@ -274,14 +262,6 @@ class CERT(MLMAuxiliary, Method):
                             "lower data.held_out_fraction or add pairs")
         self.train_q, self.train_k = self._tokenize(self.train_pairs)
         self.eval_q, self.eval_k = self._tokenize(self.eval_pairs)
-        self.chunk_tokens = resolve_chunk_tokens(encoder, config.model.forward_chunk_tokens)
-
-    def _output_width(self) -> int:
-        proj = self.encoder.projection
-        if proj is None:
-            return int(self.encoder.dim)
-        last = [m for m in proj.modules() if isinstance(m, torch.nn.Linear)][-1]
-        return int(last.out_features)
 
     def _tokenize(self, pairs: list[Pair]) -> tuple[list[list[int]], list[list[list[int]]]]:
         if not pairs:
@@ -300,15 +280,13 @@ class CERT(MLMAuxiliary, Method):
         return q, keys
 
     @classmethod
-    def from_recipe(cls, recipe: Any) -> CERT:
-        cfg: CERTConfig = recipe.config
-        d = cfg.data
-        encoder, mlm_model = build_encoder_and_mlm(cfg.model, cfg.objective)
+    def load_data(cls, config: CERTConfig, tokenizer: Any) -> dict[str, Any]:
+        d = config.data
         pairs, counts = load_pairs(
             d.pairs, text_field=d.text_field, translations_field=d.translations_field, id_field=d.id_field,
             max_pairs=d.max_pairs, drop_identical=d.drop_identical,
         )
-        return cls(encoder, cfg, pairs, seed=recipe.seed, pair_counts=counts, mlm_model=mlm_model)
+        return {"pairs": pairs, "pair_counts": counts}
 
     # ---- modes
     def train(self, mode: bool = True) -> CERT:
@@ -363,10 +341,6 @@ class CERT(MLMAuxiliary, Method):
         acc = retrieval_top1(q, torch.cat([candidates, queue.to(candidates.dtype)]), labels=labels, ignore_mask=ignore)
         return {"loss": loss, "top1": acc}
 
-    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        embeddings = {side: self.encoder(f, project=True) for side, f in self.embedding_inputs(batch).items()}
-        return self.with_auxiliary(self.loss_from_embeddings(embeddings, batch), batch)
-
     def after_optimizer_step(self, step: int) -> None:
         update_momentum(self.encoder, self.key_encoder, self.cfg.objective.momentum)
         # After the step: this step's logits used the queue without its own keys.
@@ -375,29 +349,28 @@ class CERT(MLMAuxiliary, Method):
         self._pending.clear()
 
     # ---- evaluation and output
-    @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
+    def heldout_metrics(self) -> dict[str, float]:
         """Held-out pairs: each sentence's query retrieves its back-translation's key among
         all held-out keys (first translation of each; no queue), so the numbers compare
         across evaluations and runs."""
-        from accelerate.utils import send_to_device
-
         if len(self.eval_q) < 2:
             return {}
-        ds = _PairDataset(self.eval_q, self.eval_k, self.seed, stream=1)
-        dev = next(self.encoder.parameters()).device
         qs, ks = [], []
-        for start in range(0, len(ds), 64):
-            batch = send_to_device(self.collate([ds[i] for i in range(start, min(start + 64, len(ds)))]), dev)
+        for batch in self.heldout_batches(_PairDataset(self.eval_q, self.eval_k, self.seed, stream=1), 64):
             qs.append(self.encoder(batch["query"], project=True).float())
             ks.append(self.keys(batch["key"]))
         q, k = torch.cat(qs), torch.cat(ks)
         labels = torch.arange(q.shape[0], device=q.device)
         loss = info_nce(q, k, temperature=self.cfg.objective.temperature)
-        return {"cert_heldout_top1": float(retrieval_top1(q, k, labels=labels)), "cert_heldout_loss": float(loss)}
+        return {"top1": float(retrieval_top1(q, k, labels=labels)), "loss": float(loss)}
 
-    def card_info(self) -> dict[str, Any]:
-        e, d, obj, c = self.encoder, self.cfg.data, self.cfg.objective, self.pair_counts
+    def describe_objective(self) -> str:
+        obj = self.cfg.objective
+        return (f"CERT (MoCo on sentence / back-translation pairs: momentum key encoder m={obj.momentum}, "
+                f"queue of {obj.queue_size} keys, InfoNCE t={obj.temperature})")
+
+    def describe_data(self) -> str:
+        d, c = self.cfg.data, self.pair_counts
         dropped = []
         if c.get("identical_dropped"):
             dropped.append(f"{c['identical_dropped']} back-translations identical to their source dropped")
@@ -405,20 +378,5 @@ class CERT(MLMAuxiliary, Method):
             dropped.append(f"{c['no_translation']} sentences without a usable back-translation dropped")
         if c.get("duplicates"):
             dropped.append(f"{c['duplicates']} repeated sentences dropped")
-        return {
-            "objective": (
-                f"CERT (MoCo on sentence / back-translation pairs: momentum key encoder m={obj.momentum}, "
-                f"queue of {obj.queue_size} keys, InfoNCE t={obj.temperature})"
-            ),
-            "objective_citation": CITATION,
-            **encoder_card_facts(e, self.cfg.model.name_or_path),
-            "data": (
-                f"{len(self.train_pairs)} training pairs from `{d.pairs}` ({len(self.eval_pairs)} held out "
-                "for the pretext metric)" + (f"; {'; '.join(dropped)}" if dropped else "")
-            ),
-        }
-
-    def save_model(self, path: Path, card_info: dict[str, Any]) -> None:
-        from textcl.card import render_model_card
-
-        self.encoder.save(path, model_card=render_model_card(card_info))
+        return (f"{len(self.train_pairs)} training pairs from `{d.pairs}` ({len(self.eval_pairs)} held out "
+                "for the pretext metric)" + (f"; {'; '.join(dropped)}" if dropped else ""))

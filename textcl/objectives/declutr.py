@@ -13,7 +13,6 @@ the positives of every anchor in the global batch; optional MLM on the anchors.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -22,15 +21,11 @@ from pydantic import Field, model_validator
 
 from textcl.core.distributed import batch_offset, gather_with_grad
 from textcl.core.losses import info_nce, retrieval_top1
-from textcl.core.method import Method, MethodConfig
+from textcl.core.method import MethodConfig
 from textcl.core.recipe import InputFile
 from textcl.documents import DataError, Document, held_out_split, load_documents
-from textcl.objectives._encoder import (
-    EncoderSection,
-    encoder_card_facts,
-    resolve_chunk_tokens,
-)
-from textcl.objectives._mlm import MLMAuxiliary, MLMOptions, build_encoder_and_mlm
+from textcl.objectives._mlm import MLMOptions
+from textcl.objectives.base import SeededDataset, TextConfig, TextMethod
 
 __all__ = ["DeCLUTR", "DeCLUTRConfig", "SpanSampler"]
 
@@ -72,8 +67,7 @@ class DeCLUTRObjective(MLMOptions):
         return self
 
 
-class DeCLUTRConfig(MethodConfig):
-    model: EncoderSection = EncoderSection()
+class DeCLUTRConfig(TextConfig):
     data: DocumentSection
     objective: DeCLUTRObjective = DeCLUTRObjective()
 
@@ -117,22 +111,18 @@ class SpanSampler:
         return anchors, positives
 
 
-class _SpanDataset(torch.utils.data.Dataset):
+class _SpanDataset(SeededDataset):
     """Tokenised documents; each item samples fresh spans from (seed, epoch, index)."""
 
     def __init__(self, token_ids: list[list[int]], sampler: SpanSampler, seed: int, stream: int = 0):
-        self.token_ids, self.sampler, self.seed = token_ids, sampler, seed
-        self.stream = stream  # 0: training, 1: fixed held-out spans
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        super().__init__(seed, stream)  # stream 0: training, 1: fixed held-out spans
+        self.token_ids, self.sampler = token_ids, sampler
 
     def __len__(self) -> int:
         return len(self.token_ids)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        rng = np.random.default_rng([self.seed, self.stream, self.epoch, index])
+        rng = self.rng(index)
         ids = self.token_ids[index]
         anchors, positives = self.sampler.sample(len(ids), rng)
         return {
@@ -143,18 +133,15 @@ class _SpanDataset(torch.utils.data.Dataset):
 
 
 # --------------------------------------------------------------------- the method
-class DeCLUTR(MLMAuxiliary, Method):
+class DeCLUTR(TextMethod):
     name = "declutr"
     config_class = DeCLUTRConfig
     citation = CITATION
+    title = "DeCLUTR (contrastive span prediction from documents, InfoNCE)"
 
     def __init__(self, encoder: Any, config: DeCLUTRConfig, documents: list[Document], seed: int = 42,
                  mlm_model: torch.nn.Module | None = None):
-        super().__init__()
-        self.encoder = encoder
-        self.cfg = config
-        self.seed = seed
-        self.init_mlm(mlm_model)
+        super().__init__(encoder, config, seed, mlm_model)
         obj = config.objective
         self.sampler = SpanSampler(obj.num_anchors, obj.num_positives, obj.min_span_len, obj.max_span_len)
         specials = encoder.tokenizer.num_special_tokens_to_add(pair=False)
@@ -167,7 +154,6 @@ class DeCLUTR(MLMAuxiliary, Method):
         train_docs, held = held_out_split(documents, config.data.held_out_fraction)
         self.train_ids, self.skipped_train = self._tokenize(train_docs)
         self.eval_ids, self.skipped_eval = self._tokenize(held[: config.data.max_eval_documents])
-        self.chunk_tokens = resolve_chunk_tokens(encoder, config.model.forward_chunk_tokens)
         if not self.train_ids:
             raise DataError(
                 f"{config.data.documents}: no training document has the {self.sampler.min_document_length} "
@@ -196,15 +182,10 @@ class DeCLUTR(MLMAuxiliary, Method):
         return keep, skipped
 
     @classmethod
-    def from_recipe(cls, recipe: Any) -> DeCLUTR:
-
-        cfg: DeCLUTRConfig = recipe.config
-        encoder, mlm_model = build_encoder_and_mlm(cfg.model, cfg.objective)
-        docs = load_documents(
-            cfg.data.documents, text_field=cfg.data.text_field, id_field=cfg.data.id_field,
-            max_documents=cfg.data.max_documents,
-        )
-        return cls(encoder, cfg, docs, seed=recipe.seed, mlm_model=mlm_model)
+    def load_data(cls, config: DeCLUTRConfig, tokenizer: Any) -> dict[str, Any]:
+        d = config.data
+        return {"documents": load_documents(d.documents, text_field=d.text_field, id_field=d.id_field,
+                                            max_documents=d.max_documents)}
 
     # ---- data
     def train_dataset(self) -> torch.utils.data.Dataset:
@@ -256,53 +237,28 @@ class DeCLUTR(MLMAuxiliary, Method):
         loss, acc = self._loss(embeddings["anchors"], embeddings["positives"])
         return {"contrastive_loss": loss.detach(), "top1": acc, "loss": loss}
 
-    # auxiliary_loss (the MLM term on the anchors): MLMAuxiliary.
-
-    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        embeddings = {side: self.encoder(f, project=True) for side, f in self.embedding_inputs(batch).items()}
-        return self.with_auxiliary(self.loss_from_embeddings(embeddings, batch), batch)
+    # auxiliary_loss (the MLM term on the anchors): MLMAuxiliary; forward: TextMethod.
 
     # ---- evaluation and output
-    @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
+    def heldout_metrics(self) -> dict[str, float]:
         """Held-out documents: each anchor retrieves its (averaged) positive among all
         held-out anchors' positives; fixed spans (their own seed stream) so numbers are
         comparable across evaluations."""
-        from accelerate.utils import send_to_device
-
         if len(self.eval_ids) < 2:
             return {}
-        ds = _SpanDataset(self.eval_ids, self.sampler, self.seed, stream=1)
-        items = [ds[i] for i in range(len(ds))]
         anchors, positives = [], []
-        for start in range(0, len(items), 16):
-            batch = self.collate(items[start : start + 16])
-            dev = next(self.parameters()).device
-            anchors.append(self.encoder(send_to_device(batch["anchors"], dev)))
-            positives.append(self.encoder(send_to_device(batch["positives"], dev)))
+        for batch in self.heldout_batches(_SpanDataset(self.eval_ids, self.sampler, self.seed, stream=1), 16):
+            anchors.append(self.encoder(batch["anchors"]))
+            positives.append(self.encoder(batch["positives"]))
         a, p = torch.cat(anchors), torch.cat(positives)
         n, obj = a.shape[0], self.cfg.objective
         keys = p.view(n, obj.num_positives, -1).mean(dim=1)
         labels = torch.arange(n, device=a.device)
         loss = info_nce(a, keys, labels=labels, temperature=obj.temperature)
-        return {"declutr_heldout_top1": float(retrieval_top1(a, keys, labels=labels)), "declutr_heldout_loss": float(loss)}
+        return {"top1": float(retrieval_top1(a, keys, labels=labels)), "loss": float(loss)}
 
-    def card_info(self) -> dict[str, Any]:
-        e = self.encoder
-        data = self.cfg.data
+    def describe_data(self) -> str:
         skipped = self.skipped_train + self.skipped_eval
-        return {
-            "objective": "DeCLUTR (contrastive span prediction from documents, InfoNCE)",
-            "objective_citation": CITATION,
-            **encoder_card_facts(e, self.cfg.model.name_or_path),
-            "data": (
-                f"{len(self.train_ids)} training documents from `{data.documents}` "
-                f"({len(self.eval_ids)} held out for the pretext metric; {skipped} skipped as too short)"
-            ),
-        }
-
-    def save_model(self, path: Path, card_info: dict[str, Any]) -> None:
-        from textcl.card import render_model_card
-
-        self.encoder.save(path, model_card=render_model_card(card_info))
+        return (f"{len(self.train_ids)} training documents from `{self.cfg.data.documents}` "
+                f"({len(self.eval_ids)} held out for the pretext metric; {skipped} skipped as too short)")
 

@@ -42,9 +42,7 @@ from pydantic import Field
 
 from textcl.core.distributed import gather_no_grad, gather_with_grad
 from textcl.core.losses import info_nce, retrieval_top1
-from textcl.core.method import MethodConfig
 from textcl.documents import DataError
-from textcl.objectives._encoder import EncoderSection
 from textcl.objectives._mlm import MLMOptions, add_mlm
 from textcl.objectives._sentence_common import (
     PositionDataset,
@@ -52,9 +50,9 @@ from textcl.objectives._sentence_common import (
     SentenceCorpus,
     SentenceObjective,
     duplicate_text_mask,
-    embed_token_ids,
     heldout_positions,
 )
+from textcl.objectives.base import TextConfig
 from textcl.sentences import SentenceDataSection
 
 __all__ = ["NeighbourConfig", "NeighbourDataset", "NeighbourObjective", "NeighbourSentence", "neighbours"]
@@ -85,8 +83,7 @@ class NeighbourObjective(MLMOptions):
     eval_queries_per_document: int = Field(8, ge=1)
 
 
-class NeighbourConfig(MethodConfig):
-    model: EncoderSection = EncoderSection()
+class NeighbourConfig(TextConfig):
     data: SentenceDataSection
     objective: NeighbourObjective = NeighbourObjective()
 
@@ -253,10 +250,6 @@ class NeighbourSentence(SentenceObjective):
             return {"sentences": batch["sentences"]}
         return {"queries": batch["queries"], "keys": batch["keys"]}
 
-    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        embeddings = {k: self.encoder(v, project=True) for k, v in self.embedding_inputs(batch).items()}
-        return self.with_auxiliary(self.loss_from_embeddings(embeddings, batch), batch)
-
     def loss_from_embeddings(self, embeddings: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """All the loss logic, given the embeddings of :meth:`embedding_inputs`."""
         obj = self.cfg.objective
@@ -293,8 +286,7 @@ class NeighbourSentence(SentenceObjective):
         return {"loss": loss, "top1": retrieval_top1(q, keys, positive_mask=positive, ignore_mask=ignore)}
 
     # ---- evaluation
-    @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
+    def heldout_metrics(self) -> dict[str, float]:
         """Fixed held-out queries; candidates = every neighbour (within ``window``) of every
         held-out query, each sentence once. Top-1: the nearest candidate is a neighbour."""
         corpus, obj = self.eval_corpus, self.cfg.objective
@@ -304,9 +296,8 @@ class NeighbourSentence(SentenceObjective):
         keys = sorted({(int(d), t) for d, s in positions for t in neighbours(int(corpus.lengths[d]), int(s), obj.window)})
         if len(keys) < 2:
             return {}
-        q = embed_token_ids(self.encoder, [corpus.sentence(int(d), int(s)) for d, s in positions],
-                            chunk_tokens=self.chunk_tokens).cpu()
-        k = embed_token_ids(self.encoder, [corpus.sentence(d, t) for d, t in keys], chunk_tokens=self.chunk_tokens).cpu()
+        q = self.embed_ids([corpus.sentence(int(d), int(s)) for d, s in positions]).cpu()
+        k = self.embed_ids([corpus.sentence(d, t) for d, t in keys]).cpu()
 
         def longs(values: Any) -> torch.Tensor:
             return torch.tensor(list(values), dtype=torch.long)
@@ -320,7 +311,7 @@ class NeighbourSentence(SentenceObjective):
         )
         loss = info_nce(q, k, positive_mask=positive, ignore_mask=ignore, temperature=obj.temperature)
         return {
-            "neighbour_heldout_top1": float(retrieval_top1(q, k, positive_mask=positive, ignore_mask=ignore)),
-            "neighbour_heldout_loss": float(loss),
-            "neighbour_heldout_candidates": float(len(keys)),
+            "top1": float(retrieval_top1(q, k, positive_mask=positive, ignore_mask=ignore)),
+            "loss": float(loss),
+            "candidates": float(len(keys)),
         }

@@ -32,9 +32,7 @@ from pydantic import Field
 
 from textcl.core.distributed import batch_offset, gather_no_grad, gather_with_grad
 from textcl.core.losses import info_nce, retrieval_top1
-from textcl.core.method import MethodConfig
 from textcl.documents import DataError
-from textcl.objectives._encoder import EncoderSection
 from textcl.objectives._mlm import MLMOptions
 from textcl.objectives._sentence_common import (
     EVAL_STREAM,
@@ -42,9 +40,9 @@ from textcl.objectives._sentence_common import (
     SentenceCorpora,
     SentenceCorpus,
     SentenceObjective,
-    embed_token_ids,
     heldout_positions,
 )
+from textcl.objectives.base import TextConfig
 from textcl.sentences import SentenceDataSection
 
 __all__ = ["NSPConfig", "NSPObjective", "NextSentence", "NextSentenceDataset", "PairTemplate"]
@@ -68,8 +66,7 @@ class NSPObjective(MLMOptions):
     eval_queries_per_document: int = Field(8, ge=1)
 
 
-class NSPConfig(MethodConfig):
-    model: EncoderSection = EncoderSection()
+class NSPConfig(TextConfig):
     data: SentenceDataSection
     objective: NSPObjective = NSPObjective()
 
@@ -236,10 +233,6 @@ class NextSentence(SentenceObjective):
             sides["negatives"] = batch["negatives"]
         return sides
 
-    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        embeddings = {k: self.encoder(v, project=True) for k, v in self.embedding_inputs(batch).items()}
-        return self.with_auxiliary(self.loss_from_embeddings(embeddings, batch), batch)
-
     def loss_from_embeddings(self, embeddings: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """All the loss logic, given the embeddings of :meth:`embedding_inputs`."""
         if self.cfg.objective.head == "binary":
@@ -282,8 +275,7 @@ class NextSentence(SentenceObjective):
         return out
 
     # ---- evaluation
-    @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
+    def heldout_metrics(self) -> dict[str, float]:
         """Held-out documents, fixed examples (their own seed stream). Contrastive: every
         query retrieves its next sentence among all held-out queries' next sentences
         (``nsp_heldout_candidates`` of them; chance = 1 / that). Binary: accuracy."""
@@ -295,8 +287,7 @@ class NextSentence(SentenceObjective):
             return self._evaluate_binary(corpus, positions)
         queries = [corpus.sentence(int(d), int(s)) for d, s in positions]
         nexts = [corpus.sentence(int(d), int(s) + 1) for d, s in positions]
-        q = embed_token_ids(self.encoder, queries, chunk_tokens=self.chunk_tokens)
-        k = embed_token_ids(self.encoder, nexts, chunk_tokens=self.chunk_tokens)
+        q, k = self.embed_ids(queries), self.embed_ids(nexts)
         text = torch.tensor([int(corpus.text_key[corpus.gid(int(d), int(s))]) for d, s in positions])
         next_text = torch.tensor([int(corpus.text_key[corpus.gid(int(d), int(s) + 1)]) for d, s in positions])
         labels = torch.arange(len(positions))
@@ -304,9 +295,9 @@ class NextSentence(SentenceObjective):
         q, k = q.cpu(), k.cpu()
         loss = info_nce(q, k, labels=labels, ignore_mask=ignore, temperature=obj.temperature)
         return {
-            "nsp_heldout_top1": float(retrieval_top1(q, k, labels=labels, ignore_mask=ignore)),
-            "nsp_heldout_loss": float(loss),
-            "nsp_heldout_candidates": float(len(positions)),
+            "top1": float(retrieval_top1(q, k, labels=labels, ignore_mask=ignore)),
+            "loss": float(loss),
+            "candidates": float(len(positions)),
         }
 
     def _evaluate_binary(self, corpus: SentenceCorpus, positions: np.ndarray) -> dict[str, float]:
@@ -324,7 +315,7 @@ class NextSentence(SentenceObjective):
             losses += float(F.cross_entropy(logits, batch["labels"], reduction="sum"))
             hits += int((logits.argmax(dim=1) == batch["labels"]).sum())
             total += len(batch["labels"])
-        return {"nsp_heldout_accuracy": hits / total, "nsp_heldout_loss": losses / total}
+        return {"accuracy": hits / total, "loss": losses / total}
 
 
 def _duplicates(query_text: torch.Tensor, positive_text: torch.Tensor, candidate_text: torch.Tensor,

@@ -1,12 +1,12 @@
 """Sentence permutation (BART's sentence-shuffling pretext task) in contrastive form.
 
 A *passage* is ``k = passage_sentences`` consecutive sentences of one document (never
-across a document boundary). Each training example shuffles one passage with
-randomness derived from (seed, epoch, index); the task is to recover the original
-order. Documents with fewer than ``k`` sentences are skipped and counted (they appear
-in the model card), rather than giving shorter passages: a fixed ``k`` keeps the
-decoding search and the pretext metric (exact-order rate, Kendall's tau) comparable
-across documents and runs.
+across a document boundary; :mod:`textcl.objectives._passages`). Each training example
+shuffles one passage with randomness derived from (seed, epoch, index); the task is to
+recover the original order. Documents with fewer than ``k`` sentences are skipped and
+counted (they appear in the model card), rather than giving shorter passages: a fixed ``k``
+keeps the decoding search and the pretext metric (exact-order rate, Kendall's tau)
+comparable across documents and runs.
 
 Contrastive form
 ----------------
@@ -54,28 +54,18 @@ successor top-1 ``1/k = 0.2`` (``k - 1`` other sentences + END); in general ``1/
 The successor head and the markers exist only for training: the saved
 sentence-transformers model is the encoder (with its pooling) alone.
 
-Order-invariant variant (``variant: pirl``, after PIRL)
-------------------------------------------------------
-The positive pair is (mean of the passage's sentence embeddings, each sentence encoded
-alone) and (the *shuffled* passage encoded as one text); the other passages of the
-global batch are negatives. Both halves matter: the mean of the shuffled sentences
-encoded alone would equal the mean of the original ones exactly (a trivial positive),
-so the permuted view must be one sequence, where word positions -- hence the order --
-reach the encoder, and the loss teaches the encoder to ignore that order. The passage
-text is truncated to ``model.max_seq_length`` tokens: raise it to about
-``passage_sentences`` times the typical sentence length. Held-out metric: the sentence
-mean retrieves its shuffled passage among all held-out passages
-(``permutation_pirl_heldout_top1``; chance ``1 / passages``). No heads, no markers.
+Order-invariant variant
+-----------------------
+``method: permutation-pirl`` (:mod:`textcl.objectives.permutation_pirl`). The older spelling
+``method: permutation`` with ``objective.variant: pirl`` still builds it (``from_recipe``).
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -83,55 +73,25 @@ from torch import Tensor, nn
 
 from textcl.core.distributed import batch_offset, gather_no_grad, gather_with_grad
 from textcl.core.losses import info_nce, similarity_logits
-from textcl.core.method import Method, MethodConfig
-from textcl.documents import DataError, held_out_split
-from textcl.objectives._encoder import (
-    EncoderSection,
-    encoder_card_facts,
-    resolve_chunk_tokens,
-)
-from textcl.objectives._mlm import MLMAuxiliary, MLMOptions, build_encoder_and_mlm
-from textcl.objectives._sentence_common import (
-    EVAL_STREAM,
-    TRAIN_STREAM,
-    example_rng,
-)
-from textcl.sentences import (
-    SentenceDataSection,
-    SentenceDocument,
-    load_sentence_documents,
-    tokenize_sentences,
-)
+from textcl.objectives._mlm import MLMOptions
+from textcl.objectives._passages import BART_CITATION, PassageObjective, ShuffledPassageDataset
+from textcl.objectives.base import TextConfig
+from textcl.objectives.permutation_pirl import PermutationPIRL
+from textcl.sentences import SentenceDataSection, SentenceDocument
 
 __all__ = [
     "EXACT_SEARCH_MAX",
-    "PassageDataset",
     "PermutationConfig",
     "PermutationObjective",
     "SentencePermutation",
+    "ShuffledPassageDataset",
     "SuccessorHead",
     "decode_orders",
     "kendall_tau",
     "successor_targets",
 ]
 
-CITATION = """@inproceedings{lewis-etal-2020-bart,
-  title = {{BART}: Denoising Sequence-to-Sequence Pre-training for Natural Language Generation,
-           Translation, and Comprehension},
-  author = {Lewis, Mike and Liu, Yinhan and Goyal, Naman and Ghazvininejad, Marjan and
-            Mohamed, Abdelrahman and Levy, Omer and Stoyanov, Veselin and Zettlemoyer, Luke},
-  booktitle = {Proceedings of ACL 2020},
-  pages = {7871--7880},
-  year = {2020}
-}"""
-
-PIRL_CITATION = """@inproceedings{misra-vandermaaten-2020-pirl,
-  title = {Self-Supervised Learning of Pretext-Invariant Representations},
-  author = {Misra, Ishan and van der Maaten, Laurens},
-  booktitle = {Proceedings of CVPR 2020},
-  pages = {6707--6717},
-  year = {2020}
-}"""
+CITATION = BART_CITATION
 
 #: Largest passage length decoded by exhaustive search (7! = 5040 orders); greedy beyond.
 EXACT_SEARCH_MAX = 7
@@ -140,6 +100,7 @@ EXACT_SEARCH_MAX = 7
 # --------------------------------------------------------------------- recipe sections
 class PermutationObjective(MLMOptions):
     passage_sentences: int = Field(5, ge=2, description="k: sentences per passage")
+    # pirl: the permutation-pirl objective (from_recipe builds it; the older spelling of that method)
     variant: Literal["successor", "pirl"] = Field(
         "successor", description="successor: recover the order; pirl: order-invariant passage pairs"
     )
@@ -151,8 +112,7 @@ class PermutationObjective(MLMOptions):
     max_eval_passages: int = Field(256, ge=1, description="held-out passages for the pretext metric")
 
 
-class PermutationConfig(MethodConfig):
-    model: EncoderSection = EncoderSection()
+class PermutationConfig(TextConfig):
     data: SentenceDataSection
     objective: PermutationObjective = PermutationObjective()
 
@@ -225,53 +185,6 @@ def kendall_tau(pred_order: Tensor, true_order: Tensor) -> Tensor:
     return (dp * dt).sum(dim=(1, 2)).float() / (k * (k - 1))
 
 
-# --------------------------------------------------------------------- data
-class PassageDataset(torch.utils.data.Dataset):
-    """Shuffled ``k``-sentence passages of tokenised documents.
-
-    Item ``index`` is a fixed window slot (document, j-th window). In each epoch a
-    document's windows shift by an offset in ``[0, n mod k]`` drawn from
-    (seed, stream, epoch, document), so passage boundaries vary between epochs while
-    the dataset length stays fixed. The shuffle comes from (seed, stream, epoch, index).
-    """
-
-    def __init__(self, token_ids: list[list[list[int]]], k: int, seed: int, stream: int = TRAIN_STREAM,
-                 slots: list[tuple[int, int]] | None = None):
-        self.token_ids, self.k, self.seed, self.stream = token_ids, k, seed, stream
-        self.epoch = 0
-        if slots is None:
-            slots = [(d, j) for d, doc in enumerate(token_ids) for j in range(len(doc) // k)]
-        self.slots = slots
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.slots)
-
-    def passage(self, index: int) -> tuple[int, int]:
-        """(document, first sentence) of item ``index`` in the current epoch."""
-        doc, j = self.slots[index]
-        n = len(self.token_ids[doc])
-        slack = n - (n // self.k) * self.k
-        # A 5-number seed (trailing 1) never collides with example_rng's 4-number seeds.
-        doc_rng = np.random.default_rng([self.seed, self.stream, self.epoch, doc, 1])
-        offset = int(doc_rng.integers(0, slack + 1))
-        return doc, offset + j * self.k
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        doc, start = self.passage(index)
-        rng = example_rng(self.seed, self.stream, self.epoch, index)
-        perm = rng.permutation(self.k)  # shuffled[j] = original[perm[j]]
-        sentences = self.token_ids[doc][start : start + self.k]
-        return {
-            "sentences": [sentences[p] for p in perm],
-            "order": np.argsort(perm).tolist(),  # order[i] = shuffled position of original i
-            "doc": doc,
-            "start": start,
-        }
-
-
 # --------------------------------------------------------------------- heads
 class SuccessorHead(nn.Module):
     """Residual MLP ``e + W2 gelu(W1 e)`` with ``W2 = 0`` at init (identity at start)."""
@@ -289,115 +202,38 @@ class SuccessorHead(nn.Module):
 
 
 # --------------------------------------------------------------------- the method
-class SentencePermutation(MLMAuxiliary, Method):
+class SentencePermutation(PassageObjective):
     name = "permutation"
     config_class = PermutationConfig
     citation = CITATION
 
     def __init__(self, encoder: Any, config: PermutationConfig, documents: list[SentenceDocument],
                  seed: int = 42, skipped: dict[str, int] | None = None, mlm_model: nn.Module | None = None):
-        super().__init__()
-        self.encoder = encoder
-        self.cfg = config
-        self.seed = seed
-        self.init_mlm(mlm_model)  # objective.mlm_weight: MLM on every sentence of the passages
-        self.skipped = dict(skipped or {})
-        obj = config.objective
-        self.k = obj.passage_sentences
-        train_docs, held = held_out_split(documents, config.data.held_out_fraction)
-        short = [d for d in documents if len(d.sentences) < self.k]
-        if short:
-            # load_sentence_documents already drops them when min_sentences >= k; count any left.
-            self.skipped["too_few_sentences"] = self.skipped.get("too_few_sentences", 0) + len(short)
-            train_docs = [d for d in train_docs if len(d.sentences) >= self.k]
-            held = [d for d in held if len(d.sentences) >= self.k]
-        held = held[: config.data.max_eval_documents]
-        tok = encoder.tokenizer
-        self.train_ids = tokenize_sentences(tok, train_docs, config.data.max_tokens)
-        self.eval_ids = tokenize_sentences(tok, held, config.data.max_tokens)
-        if not self.train_ids:
-            raise DataError(
-                f"{config.data.documents}: no training document has the {self.k} sentences a passage needs "
-                "(objective.passage_sentences); lower passage_sentences or add longer documents"
-            )
-        self.pirl = obj.variant == "pirl"
-        if not self.pirl:
-            # Only the successor variant has heads: a parameter without gradient would stall DDP.
-            dim = self._embedding_dim()
-            self.successor_head = SuccessorHead(dim, obj.head_hidden_dim)
-            self.start_marker = nn.Parameter(torch.randn(dim) / math.sqrt(dim))
-            self.end_marker = nn.Parameter(torch.randn(dim) / math.sqrt(dim))
-        self.chunk_tokens = resolve_chunk_tokens(encoder, config.model.forward_chunk_tokens)
-        eval_ds = PassageDataset(self.eval_ids, self.k, seed, stream=EVAL_STREAM)
-        slots = eval_ds.slots
-        if len(slots) > obj.max_eval_passages:
-            pick = example_rng(seed, EVAL_STREAM, 0, 0).choice(len(slots), obj.max_eval_passages, replace=False)
-            slots = [slots[i] for i in sorted(pick.tolist())]
-        self.eval_slots = slots
-
-    def _embedding_dim(self) -> int:
-        proj = self.encoder.projection
-        if proj is None:
-            return int(self.encoder.dim)
-        last = [m for m in proj.modules() if isinstance(m, nn.Linear)][-1]
-        return int(last.out_features)
+        if config.objective.variant == "pirl":
+            raise ValueError("objective.variant: pirl is the permutation-pirl objective: build "
+                             "textcl.objectives.permutation_pirl.PermutationPIRL")
+        super().__init__(encoder, config, documents, seed, skipped, mlm_model)
+        # The heads are the successor task's (the PIRL variant, another class, has none: a
+        # parameter without gradient would stall DDP).
+        dim = self.projected_dim
+        self.successor_head = SuccessorHead(dim, config.objective.head_hidden_dim)
+        self.start_marker = nn.Parameter(torch.randn(dim) / math.sqrt(dim))
+        self.end_marker = nn.Parameter(torch.randn(dim) / math.sqrt(dim))
 
     @classmethod
-    def from_recipe(cls, recipe: Any) -> SentencePermutation:
-        cfg: PermutationConfig = recipe.config
-        d = cfg.data
-        encoder, mlm_model = build_encoder_and_mlm(cfg.model, cfg.objective)
-        docs, stats = load_sentence_documents(
-            d.documents, text_field=d.text_field, id_field=d.id_field, max_documents=d.max_documents,
-            min_sentences=max(d.min_sentences, cfg.objective.passage_sentences), cache_dir=d.cache_dir,
-        )
-        skipped = {"empty": stats.empty, "too_few_sentences": stats.too_few_sentences}
-        return cls(encoder, cfg, docs, seed=recipe.seed, skipped=skipped, mlm_model=mlm_model)
-
-    # ---- data
-    def train_dataset(self) -> PassageDataset:
-        return self.mlm_dataset(PassageDataset(self.train_ids, self.k, self.seed))
-
-    def collate(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
-        """Flattened sentences (passage-major, shuffled order inside a passage) +
-        ``order`` (``(N, k)``) + ``doc`` (``(N,)`` document index)."""
-        seqs = [s for ex in examples for s in ex["sentences"]]
-        batch = {
-            "sentences": self.encoder.pad_token_ids(seqs, chunk_tokens=self.chunk_tokens),
-            "order": torch.tensor([ex["order"] for ex in examples], dtype=torch.long),
-            "doc": torch.tensor([ex["doc"] for ex in examples], dtype=torch.long),
-            # hash() of a tuple of ints is the same in every process (no per-process salt).
-            "text_key": torch.tensor([hash(tuple(s)) & 0x7FFFFFFFFFFFFFFF for s in seqs], dtype=torch.long),
-        }
-        if self.pirl:
-            # The shuffled passage as one text (truncated to the encoder's max_seq_length).
-            shuffled = [[t for sent in ex["sentences"] for t in sent] for ex in examples]
-            batch["passages"] = self.encoder.pad_token_ids(shuffled, chunk_tokens=self.chunk_tokens)
-        return self.add_mlm(batch, seqs, examples)
-
-    def examples_in(self, batch: dict[str, Any]) -> int:
-        return int(batch["order"].shape[0])
+    def from_recipe(cls, recipe: Any) -> PassageObjective:
+        if recipe.config.objective.variant == "pirl":  # the older spelling of method: permutation-pirl
+            return PermutationPIRL.from_recipe(recipe)
+        return super().from_recipe(recipe)  # type: ignore[return-value]
 
     # ---- loss
     def embedding_inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """Encoder inputs per side: every sentence of every passage (``sentences``); with
-        ``variant: pirl`` also each shuffled passage as one text (``passages``)."""
-        inputs = {"sentences": batch["sentences"]}
-        if self.pirl:
-            inputs["passages"] = batch["passages"]
-        return inputs
-
-    def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        embeddings = {name: self.encoder(feats, project=True) for name, feats in self.embedding_inputs(batch).items()}
-        return self.with_auxiliary(self.loss_from_embeddings(embeddings, batch), batch)
+        """Encoder inputs: every sentence of every passage, each encoded alone."""
+        return {"sentences": batch["sentences"]}
 
     def loss_from_embeddings(self, embeddings: dict[str, Tensor], batch: dict[str, Any]) -> dict[str, Tensor]:
-        """All loss logic, given the sentence embeddings ``(N * k, d)`` (and, for ``pirl``,
-        the shuffled-passage embeddings ``(N, d)``)."""
+        """All loss logic, given the sentence embeddings ``(N * k, d)``."""
         e = embeddings["sentences"]
-        if self.pirl:
-            loss, top1 = self._pirl_loss(e, embeddings["passages"])
-            return {"loss": loss, "top1": top1}
         order, doc = batch["order"].to(e.device), batch["doc"].to(e.device)
         loss, top1 = self._successor_loss(e, order, doc, self.cfg.objective.in_batch_negatives,
                                           text_key=batch.get("text_key"))
@@ -462,19 +298,6 @@ class SentencePermutation(MLMAuxiliary, Method):
             top1 = (logits.argmax(dim=1) == labels).float().mean()
         return loss, top1
 
-    def _pirl_loss(self, e: Tensor, shuffled: Tensor, reduction: str = "mean") -> tuple[Tensor, Tensor]:
-        """Mean of a passage's sentence embeddings vs its shuffled passage encoded as one
-        text, against every other passage of the global batch; (loss, top-1)."""
-        n = shuffled.shape[0]
-        query = e.view(n, self.k, -1).mean(dim=1)
-        keys = gather_with_grad(shuffled)
-        labels = torch.arange(n, device=e.device) + batch_offset(n)
-        temperature = self.cfg.objective.temperature
-        loss = info_nce(query, keys, labels=labels, temperature=temperature, reduction=reduction)
-        with torch.no_grad():
-            top1 = (similarity_logits(query.float(), keys.float(), temperature).argmax(1) == labels).float().mean()
-        return loss, top1
-
     # ---- evaluation and output
     def transition_scores(self, e: Tensor) -> Tensor:
         """``(N, k + 1, k + 1)`` successor log-probabilities within each passage (see
@@ -489,24 +312,13 @@ class SentencePermutation(MLMAuxiliary, Method):
         ignore = torch.eye(k + 1, dtype=torch.bool, device=e.device)  # self, and START -> END
         return logits.masked_fill(ignore, float("-inf")).log_softmax(dim=-1)
 
-    @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
+    def heldout_metrics(self) -> dict[str, float]:
         """Held-out passages (fixed: own seed stream, epoch 0): exact-order rate, mean
         Kendall's tau, successor top-1 within the passage, and the held-out loss."""
-        from accelerate.utils import send_to_device
-
         if not self.eval_slots:
             return {}
-        ds = PassageDataset(self.eval_ids, self.k, self.seed, stream=EVAL_STREAM, slots=self.eval_slots)
-        device = next(self.parameters()).device
-        batches = (
-            send_to_device(self.collate([ds[i] for i in range(start, min(start + 32, len(ds)))]), device)
-            for start in range(0, len(ds), 32)
-        )
-        if self.pirl:
-            return self._evaluate_pirl(batches)
         exact, taus, succ, losses = [], [], [], []
-        for batch in batches:
+        for batch in self.heldout_batches(self.heldout_passages(), 32):
             e = self.encoder(batch["sentences"], project=True)
             order = batch["order"]
             scores = self.transition_scores(e)
@@ -520,57 +332,15 @@ class SentencePermutation(MLMAuxiliary, Method):
                                            reduction="none")
             losses.append(loss)
         return {
-            "permutation_heldout_exact": float(torch.cat(exact).mean()),
-            "permutation_heldout_tau": float(torch.cat(taus).mean()),
-            "permutation_heldout_successor_top1": float(torch.cat(succ).mean()),
-            "permutation_heldout_loss": float(torch.cat(losses).mean()),
+            "exact": float(torch.cat(exact).mean()),
+            "tau": float(torch.cat(taus).mean()),
+            "successor_top1": float(torch.cat(succ).mean()),
+            "loss": float(torch.cat(losses).mean()),
         }
 
-    def _evaluate_pirl(self, batches: Any) -> dict[str, float]:
-        """Each held-out passage's sentence mean retrieves its shuffled passage among all
-        held-out shuffled passages (chance: 1 / passages)."""
-        means, shuffled = [], []
-        for batch in batches:
-            e = self.encoder(batch["sentences"], project=True)
-            means.append(e.view(-1, self.k, e.shape[-1]).mean(dim=1))
-            shuffled.append(self.encoder(batch["passages"], project=True))
-        q, keys = torch.cat(means), torch.cat(shuffled)
-        labels = torch.arange(q.shape[0], device=q.device)
-        t = self.cfg.objective.temperature
-        top1 = (similarity_logits(q.float(), keys.float(), t).argmax(1) == labels).float().mean()
-        loss = info_nce(q, keys, labels=labels, temperature=t)
-        return {"permutation_pirl_heldout_top1": float(top1), "permutation_pirl_heldout_loss": float(loss)}
-
-    def card_info(self) -> dict[str, Any]:
-        e, data = self.encoder, self.cfg.data
-        n_train = sum(len(d) // self.k for d in self.train_ids)
-        skipped = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in self.skipped.items() if v) or "none"
-        if self.pirl:
-            objective = (
-                f"order-invariant sentence permutation (PIRL-style): the mean of a {self.k}-sentence "
-                "passage's sentence embeddings and its shuffled passage encoded as one text are "
-                "positives, InfoNCE"
-            )
-            citation = CITATION + "\n\n" + PIRL_CITATION
-        else:
-            objective = (
-                f"sentence permutation (BART) as contrastive successor prediction over {self.k}-sentence "
-                "passages, InfoNCE. The successor head and the START/END marker vectors are used "
-                "only in training and are not part of this model"
-            )
-            citation = CITATION
-        return {
-            "objective": objective,
-            "objective_citation": citation,
-            **encoder_card_facts(e, self.cfg.model.name_or_path),
-            "data": (
-                f"{len(self.train_ids)} training documents ({n_train} passages of {self.k} sentences) from "
-                f"`{data.documents}`; {len(self.eval_ids)} held out for the pretext metric "
-                f"({len(self.eval_slots)} passages); documents skipped: {skipped}"
-            ),
-        }
-
-    def save_model(self, path: Path, card_info: dict[str, Any]) -> None:
-        from textcl.card import render_model_card
-
-        self.encoder.save(path, model_card=render_model_card(card_info))
+    def describe_objective(self) -> str:
+        return (
+            f"sentence permutation (BART) as contrastive successor prediction over {self.k}-sentence "
+            "passages, InfoNCE. The successor head and the START/END marker vectors are used "
+            "only in training and are not part of this model"
+        )

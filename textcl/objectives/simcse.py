@@ -41,20 +41,18 @@ from pydantic import Field, model_validator
 
 from textcl.core.distributed import batch_offset, gather_no_grad, gather_with_grad
 from textcl.core.losses import info_nce, retrieval_top1
-from textcl.core.method import MethodConfig
 from textcl.core.recipe import InputFile
 from textcl.documents import DataError, held_out_split
-from textcl.objectives._encoder import EncoderSection
-from textcl.objectives._mlm import MLMOptions, build_encoder_and_mlm
+from textcl.objectives._mlm import MLMOptions
 from textcl.objectives._sentence_common import (
     PositionDataset,
     SentenceCorpora,
     SentenceCorpus,
     SentenceObjective,
     duplicate_text_mask,
-    embed_token_ids,
     heldout_positions,
 )
+from textcl.objectives.base import TextConfig
 from textcl.sentences import SentenceDataSection, SentenceDocument, SplitStats, tokenize_sentences
 
 __all__ = ["SimCSE", "SimCSEConfig", "SimCSEData", "SimCSEDataset", "SimCSEObjective", "load_pair_corpora", "read_pairs"]
@@ -83,8 +81,7 @@ class SimCSEData(SentenceDataSection):
     pairs: InputFile | None = None
 
 
-class SimCSEConfig(MethodConfig):
-    model: EncoderSection = EncoderSection()
+class SimCSEConfig(TextConfig):
     data: SimCSEData
     objective: SimCSEObjective = SimCSEObjective()
 
@@ -211,12 +208,10 @@ class SimCSE(SentenceObjective):
                                    else "unsupervised (dropout views)")
 
     @classmethod
-    def from_recipe(cls, recipe: Any) -> SimCSE:
-        cfg = recipe.config
-        if cfg.objective.mode == "unsupervised":
-            return super().from_recipe(recipe)  # type: ignore[return-value]
-        encoder, mlm_model = build_encoder_and_mlm(cfg.model, cfg.objective)
-        return cls(encoder, cfg, load_pair_corpora(cfg.data, encoder.tokenizer), seed=recipe.seed, mlm_model=mlm_model)
+    def load_data(cls, config: Any, tokenizer: Any) -> dict[str, Any]:
+        if config.objective.mode == "unsupervised":
+            return super().load_data(config, tokenizer)
+        return {"corpora": load_pair_corpora(config.data, tokenizer)}
 
     # ---- data
     def train_dataset(self) -> torch.utils.data.Dataset:
@@ -247,10 +242,6 @@ class SimCSE(SentenceObjective):
             return {"queries": batch["queries"], "positives": batch["queries"]}
         return {k: batch[k] for k in ("queries", "positives", "negatives") if k in batch}
 
-    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        embeddings = {k: self.encoder(v, project=True) for k, v in self.embedding_inputs(batch).items()}
-        return self.with_auxiliary(self.loss_from_embeddings(embeddings, batch), batch)
-
     def loss_from_embeddings(self, embeddings: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """All the loss logic, given the embeddings of :meth:`embedding_inputs`."""
         obj = self.cfg.objective
@@ -268,8 +259,7 @@ class SimCSE(SentenceObjective):
         return {"loss": loss, "top1": top1}
 
     # ---- evaluation
-    @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
+    def heldout_metrics(self) -> dict[str, float]:
         """Held-out loss and top-1 on a fixed sample (see the module docstring)."""
         c, obj = self.eval_corpus, self.cfg.objective
         if self.supervised:
@@ -287,10 +277,10 @@ class SimCSE(SentenceObjective):
         (queries, query_text), extra = side(0), None
         if self.supervised:
             (positives, candidate_text), width = side(1), int(c.lengths[rows[0][0]])
-            q, k = (embed_token_ids(self.encoder, x, chunk_tokens=self.chunk_tokens).cpu() for x in (queries, positives))
+            q, k = (self.embed_ids(x).cpu() for x in (queries, positives))
             if width == 3:
                 negatives, negative_text = side(2)
-                extra = embed_token_ids(self.encoder, negatives, chunk_tokens=self.chunk_tokens).cpu()
+                extra = self.embed_ids(negatives).cpu()
                 candidate_text = torch.cat([candidate_text, negative_text])
         else:
             candidate_text = query_text
@@ -298,8 +288,7 @@ class SimCSE(SentenceObjective):
         labels = torch.arange(len(rows))
         loss, top1 = _loss_and_top1(q, k, extra, query_text, candidate_text, labels, obj.temperature,
                                     obj.ignore_duplicate_text)
-        return {"simcse_heldout_loss": float(loss), "simcse_heldout_top1": float(top1),
-                "simcse_heldout_candidates": float(len(candidate_text))}
+        return {"loss": float(loss), "top1": float(top1), "candidates": float(len(candidate_text))}
 
     def _dropout_views(self, ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Two dropout views of ``ids`` (train mode, no gradient), the same masks at every
@@ -310,15 +299,13 @@ class SimCSE(SentenceObjective):
             torch.manual_seed(self.seed)
             self.encoder.train()
             try:
-                views = tuple(embed_token_ids(self.encoder, ids, chunk_tokens=self.chunk_tokens).cpu() for _ in range(2))
+                views = tuple(self.embed_ids(ids).cpu() for _ in range(2))
             finally:
                 self.encoder.train(was_training)
         return views  # type: ignore[return-value]
 
-    def card_info(self) -> dict[str, Any]:
-        info = super().card_info()
-        if self.supervised:
-            info["data"] = (f"{len(self.train_corpus)} training pairs from `{self.cfg.data.pairs}`; "
-                            f"{len(self.eval_corpus)} of {self.held_out_documents} held-out pairs used for the "
-                            "pretext metric")
-        return info
+    def describe_data(self) -> str:
+        if not self.supervised:
+            return super().describe_data()
+        return (f"{len(self.train_corpus)} training pairs from `{self.cfg.data.pairs}`; "
+                f"{len(self.eval_corpus)} of {self.held_out_documents} held-out pairs used for the pretext metric")
