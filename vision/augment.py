@@ -2,8 +2,15 @@
 
 Every image of a batch draws its own parameters (crop box, flip, jitter factors and
 their order, grayscale, blur sigma, solarize), so the two views of an image -- two rows
-of one call, or two calls -- never share random parameters. Randomness comes from the
-global torch RNG of the device, which the trainer seeds and checkpoints.
+of one call, or two calls -- never share random parameters.
+
+Where the draws come from: given ``keys`` (one int64 per row; the vision methods pass
+``random_keys(seed, stream, epoch, dataset index)``, derived once more per view), row
+``i``'s parameters are a function of ``keys[i]`` only (``textcl.core.distributed.
+keyed_uniform``: counter-based, integer-exact, the same uniforms on every device) --
+whatever batch or process the image is in, so N processes draw exactly what one process
+draws for the same global batch, and a resumed run redraws the same views. Without
+``keys`` they come from the global torch RNG.
 
 Why plain torch and not kornia: the whole crop + flip + resize is one
 ``affine_grid`` + ``grid_sample`` for the batch, and colour ops are a few fused
@@ -26,6 +33,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
+from textcl.core.distributed import keyed_uniform, random_keys
+
 __all__ = [
     "CIFAR_MEAN",
     "CIFAR_STD",
@@ -42,6 +51,7 @@ __all__ = [
     "sample_crop_boxes",
     "solarize",
     "to_float",
+    "uniforms",
 ]
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -64,27 +74,40 @@ def normalize(x: Tensor, mean: tuple[float, ...] = CIFAR_MEAN, std: tuple[float,
     return (x - m) / s
 
 
-def _uniform(n: int, lo: float, hi: float, device: torch.device) -> Tensor:
-    return torch.rand(n, device=device) * (hi - lo) + lo
+def uniforms(n: int, count: int, device: torch.device, keys: Tensor | None = None) -> Tensor:
+    """``(n, count)`` uniforms in [0, 1): keyed by ``keys`` ``(n,)`` (row ``i`` a function of
+    ``keys[i]`` only, see the module docstring), or from the global torch RNG."""
+    if keys is None:
+        return torch.rand(n, count, device=device)
+    if keys.shape != (n,):
+        raise ValueError(f"keys must have shape ({n},), got {tuple(keys.shape)}")
+    return keyed_uniform(keys.to(device), count)
+
+
+def _scaled(u: Tensor, lo: float, hi: float) -> Tensor:
+    return u * (hi - lo) + lo
 
 
 # ----------------------------------------------------------------------- geometry
 def sample_crop_boxes(
-    n: int, scale: tuple[float, float], ratio: tuple[float, float], device: torch.device
+    n: int, scale: tuple[float, float], ratio: tuple[float, float], device: torch.device,
+    u: Tensor | None = None,
 ) -> Tensor:
     """Random-resized-crop boxes ``(n, 4)`` = ``(x0, y0, x1, y1)`` as fractions of the image.
 
     Area fraction ~ U(scale), log aspect ratio ~ U(log ratio), position uniform -- as
     torchvision's RandomResizedCrop, except that a side longer than the image is
-    clipped instead of re-drawn (one batched draw, no rejection loop).
+    clipped instead of re-drawn (one batched draw, no rejection loop). ``u``: the
+    ``(n, 4)`` uniforms to use (default: drawn from the global torch RNG).
     """
-    area = _uniform(n, scale[0], scale[1], device)
-    log_r = _uniform(n, math.log(ratio[0]), math.log(ratio[1]), device)
-    r = torch.exp(log_r)
+    if u is None:
+        u = torch.rand(n, 4, device=device)
+    area = _scaled(u[:, 0], scale[0], scale[1])
+    r = torch.exp(_scaled(u[:, 1], math.log(ratio[0]), math.log(ratio[1])))
     w = torch.sqrt(area * r).clamp(max=1.0)
     h = torch.sqrt(area / r).clamp(max=1.0)
-    x0 = torch.rand(n, device=device) * (1.0 - w)
-    y0 = torch.rand(n, device=device) * (1.0 - h)
+    x0 = u[:, 2] * (1.0 - w)
+    y0 = u[:, 3] * (1.0 - h)
     return torch.stack([x0, y0, x0 + w, y0 + h], dim=1)
 
 
@@ -235,32 +258,31 @@ class ViewParams:
 class ViewAugment:
     """float ``(B, 3, H, W)`` in [0, 1] -> one augmented, normalised view per image."""
 
+    #: Uniforms per image: crop box 4, jitter factors 4, jitter order 4, flip, jitter,
+    #: grayscale, blur, blur sigma, solarize.
+    DRAWS = 18
+
     def __init__(self, cfg: AugmentConfig | None = None, mean=CIFAR_MEAN, std=CIFAR_STD):
         self.cfg = cfg or AugmentConfig()
         self.mean, self.std = mean, std
 
-    def sample(self, n: int, device: torch.device) -> ViewParams:
+    def sample(self, n: int, device: torch.device, keys: Tensor | None = None) -> ViewParams:
+        """Parameters of ``n`` views; row ``i`` from ``keys[i]`` alone when ``keys`` is given."""
         c = self.cfg
-        rand = lambda: torch.rand(n, device=device)  # noqa: E731
-        factors = torch.stack(
-            [
-                _uniform(n, max(0.0, 1 - c.brightness), 1 + c.brightness, device),
-                _uniform(n, max(0.0, 1 - c.contrast), 1 + c.contrast, device),
-                _uniform(n, max(0.0, 1 - c.saturation), 1 + c.saturation, device),
-                _uniform(n, -c.hue, c.hue, device),
-            ],
-            dim=1,
-        )
+        u = uniforms(n, self.DRAWS, device, keys)
+        lo = torch.tensor([max(0.0, 1 - c.brightness), max(0.0, 1 - c.contrast), max(0.0, 1 - c.saturation), -c.hue],
+                          device=u.device)
+        hi = torch.tensor([1 + c.brightness, 1 + c.contrast, 1 + c.saturation, c.hue], device=u.device)
         return ViewParams(
-            boxes=sample_crop_boxes(n, c.scale, c.ratio, device),
-            flip=rand() < c.flip_p,
-            jitter=rand() < c.jitter_p,
-            factors=factors,
-            order=torch.rand(n, 4, device=device).argsort(dim=1),
-            gray=rand() < c.gray_p,
-            blur=rand() < c.blur_p,
-            sigma=_uniform(n, c.blur_sigma[0], c.blur_sigma[1], device),
-            solarize=rand() < c.solarize_p,
+            boxes=sample_crop_boxes(n, c.scale, c.ratio, device, u[:, 0:4]),
+            factors=u[:, 4:8] * (hi - lo) + lo,
+            order=u[:, 8:12].argsort(dim=1, stable=True),
+            flip=u[:, 12] < c.flip_p,
+            jitter=u[:, 13] < c.jitter_p,
+            gray=u[:, 14] < c.gray_p,
+            blur=u[:, 15] < c.blur_p,
+            sigma=_scaled(u[:, 16], c.blur_sigma[0], c.blur_sigma[1]),
+            solarize=u[:, 17] < c.solarize_p,
         )
 
     def apply(self, x: Tensor, p: ViewParams) -> Tensor:
@@ -282,14 +304,17 @@ class ViewAugment:
             x[sel] = color_jitter(x[sel], p.factors[sel], p.order[sel])
         return grayscale(x, p.gray)
 
-    def __call__(self, x: Tensor, return_params: bool = False) -> Tensor | tuple[Tensor, ViewParams]:
-        p = self.sample(x.shape[0], x.device)
+    def __call__(self, x: Tensor, return_params: bool = False, *,
+                 keys: Tensor | None = None) -> Tensor | tuple[Tensor, ViewParams]:
+        p = self.sample(x.shape[0], x.device, keys)
         out = self.apply(x, p)
         return (out, p) if return_params else out
 
-    def views(self, x: Tensor, n: int = 2) -> Tensor:
-        """``n`` independent views of every image, stacked view-major: ``(n * B, ...)``."""
-        return self(x.repeat(n, 1, 1, 1))  # type: ignore[return-value]
+    def views(self, x: Tensor, n: int = 2, keys: Tensor | None = None) -> Tensor:
+        """``n`` independent views of every image, stacked view-major: ``(n * B, ...)``;
+        view ``v`` of image ``i`` keyed by ``random_keys(keys[i], v)`` when ``keys`` is given."""
+        view_keys = None if keys is None else torch.cat([random_keys(keys, v) for v in range(n)])
+        return self(x.repeat(n, 1, 1, 1), keys=view_keys)  # type: ignore[return-value]
 
 
 class MultiCrop:
@@ -303,9 +328,11 @@ class MultiCrop:
         self.global_aug, self.local_aug = ViewAugment(global_cfg), ViewAugment(local_cfg)
         self.n_global, self.n_local = n_global, n_local
 
-    def __call__(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        g = self.global_aug.views(x, self.n_global)
-        loc = self.local_aug.views(x, self.n_local) if self.n_local > 0 else None
+    def __call__(self, x: Tensor, keys: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """``keys`` ``(B,)``: per-image keys (see ``ViewAugment.views``), else the global RNG."""
+        gk, lk = (None, None) if keys is None else (random_keys(keys, 0), random_keys(keys, 1))
+        g = self.global_aug.views(x, self.n_global, gk)
+        loc = self.local_aug.views(x, self.n_local, lk) if self.n_local > 0 else None
         return g, loc
 
 
@@ -325,21 +352,28 @@ class Jigsaw:
         self.crop_scale, self.crop_ratio = crop_scale, crop_ratio
         self.color = ViewAugment(color or AugmentConfig(size=patch_size))
 
-    def __call__(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def __call__(self, x: Tensor, keys: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``keys`` ``(B,)``: per-image keys -- image ``i``'s crop and permutation from
+        ``keys[i]``, its patch ``c``'s placement, flip and colour from
+        ``random_keys(keys[i], c)`` -- else the global RNG."""
         b, dev, g = x.shape[0], x.device, self.grid
         n = b * g * g
-        base = sample_crop_boxes(b, self.crop_scale, self.crop_ratio, dev).repeat_interleave(g * g, 0)
         cell = torch.arange(g * g, device=dev).repeat(b)
+        per_image = uniforms(b, 4 + g * g, dev, keys)
+        patch_keys = None if keys is None else random_keys(keys.to(dev).repeat_interleave(g * g), cell)
+        per_patch = uniforms(n, 3, dev, patch_keys)
+        base = sample_crop_boxes(b, self.crop_scale, self.crop_ratio, dev, per_image[:, :4])
+        base = base.repeat_interleave(g * g, 0)
         row, col = (cell // g).to(x.dtype), (cell % g).to(x.dtype)
         bw, bh = (base[:, 2] - base[:, 0]) / g, (base[:, 3] - base[:, 1]) / g  # cell size
         pw, ph = bw * self.patch_fraction, bh * self.patch_fraction
-        x0 = base[:, 0] + col * bw + torch.rand(n, device=dev) * (bw - pw)
-        y0 = base[:, 1] + row * bh + torch.rand(n, device=dev) * (bh - ph)
-        flip = torch.rand(n, device=dev) < self.color.cfg.flip_p
+        x0 = base[:, 0] + col * bw + per_patch[:, 0] * (bw - pw)
+        y0 = base[:, 1] + row * bh + per_patch[:, 1] * (bh - ph)
+        flip = per_patch[:, 2] < self.color.cfg.flip_p
         patches = crop_resize(x.repeat_interleave(g * g, 0), torch.stack([x0, y0, x0 + pw, y0 + ph], 1),
                               self.patch_size, flip)
-        p = self.color.sample(n, dev)
+        p = self.color.sample(n, dev, None if patch_keys is None else random_keys(patch_keys, 0))
         patches = normalize(self.color.color(patches, p), self.color.mean, self.color.std)
         patches = patches.view(b, g * g, *patches.shape[1:])
-        perm = torch.rand(b, g * g, device=dev).argsort(dim=1)
+        perm = per_image[:, 4:].argsort(dim=1, stable=True)
         return patches[torch.arange(b, device=dev)[:, None], perm], perm

@@ -3,7 +3,8 @@ folder, or a synthetic set with planted classes (tests, smoke runs).
 
 Everything becomes ``ImageSplits``: uint8 ``(N, H, W, 3)`` arrays and int64 labels.
 Training datasets return ``{"image", "index"}`` -- the dataset index is what NPID and
-PIRL address their memory bank with; labels never reach a training batch.
+PIRL address their memory bank with, and (with the seed and epoch) what keys each
+image's augmentation; labels never reach a training batch.
 
 ``cifar10.npz`` members are LZMA-compressed (a full read costs ~15 s of CPU), so the
 first load writes an uncompressed ``.npy`` copy to the cache directory (keyed by the

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from textcl.core.distributed import gather_no_grad
+from textcl.core.distributed import gather_no_grad, keyed_randint
 
 __all__ = ["MemoryBank"]
 
@@ -38,8 +38,13 @@ class MemoryBank(nn.Module):
         """Entries at ``indices`` (detached: the bank is never differentiated)."""
         return self.bank[indices].detach()
 
-    def sample(self, k: int, generator: torch.Generator | None = None) -> Tensor:
-        """``k`` indices drawn uniformly with replacement (NPID's noise distribution)."""
+    def sample(self, k: int, generator: torch.Generator | None = None, key: Tensor | int | None = None) -> Tensor:
+        """``k`` indices drawn uniformly with replacement (NPID's noise distribution): a
+        function of ``key`` alone when given (``textcl.core.distributed.keyed_randint``;
+        the same on every process and device), else from ``generator`` / the global RNG."""
+        if key is not None:
+            key = torch.as_tensor(key, dtype=torch.int64, device=self.bank.device).reshape(())
+            return keyed_randint(key, k, self.size)
         return torch.randint(self.size, (k,), generator=generator, device="cpu").to(self.bank.device)
 
     @torch.no_grad()

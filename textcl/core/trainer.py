@@ -265,8 +265,12 @@ class Trainer:
     def _fit(self, resume: bool) -> dict[str, float]:
         from accelerate.utils import send_to_device, set_seed
 
+        from textcl.core.distributed import rank_seed
+
         cfg, acc = self.config, self.accelerator
-        set_seed(self.seed)
+        # Per-rank global RNGs (dropout masks differ across ranks; rank 0 keeps the seed). The
+        # model was built before, from the same seed on every rank. See core/distributed.py.
+        set_seed(rank_seed(self.seed, acc.process_index))
         if self.is_main:  # only rank 0 writes into output_dir (the others' first write is after a barrier)
             self.output_dir.mkdir(parents=True, exist_ok=True)
 

@@ -4,7 +4,10 @@ output, and the MLP projection head. (InfoNCE with excluded candidates is the co
 
 A vision ``Method`` receives batches ``{"images": uint8 (B, H, W, 3), "index": (B,)}``
 (uint8 moves to the device 4x cheaper than float) and augments them there, in
-``forward``, with the batched ops of ``vision.augment``.
+``forward``, with the batched ops of ``vision.augment``, keyed per image by
+``example_keys`` = (seed, epoch, dataset index): an image's views do not depend on the
+batch, the process or the number of processes it is trained in (the randomness contract
+in ``textcl.core.distributed``).
 """
 
 from __future__ import annotations
@@ -16,12 +19,17 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
+from textcl.core.distributed import gather_no_grad, random_keys
 from textcl.core.method import Method, MethodConfig
 from vision.backbones import BackboneConfig, build_backbone, save_backbone
 from vision.data import DataConfig, ImageDataset, ImageSplits, load_splits
 from vision.evaluate import extract_features, knn_accuracy
 
 __all__ = ["VisionConfig", "VisionMethod", "VisionObjective", "projection_mlp"]
+
+#: Streams of ``random_keys`` under the seed: per-image augmentation, per-batch draws.
+AUGMENT_STREAM, BATCH_STREAM = 0, 1
+
 
 class VisionObjective(MethodConfig):
     """Fields every vision objective has."""
@@ -71,6 +79,7 @@ class VisionMethod(Method):
             f"{len(knn.y_test)} kNN test queries"
         )
         self.backbone = build_backbone(cfg.model)
+        self.epoch = 0  # keys the augmentation; set by the trainer (on_epoch_start)
 
     @classmethod
     def from_recipe(cls, recipe: Any) -> VisionMethod:
@@ -90,6 +99,23 @@ class VisionMethod(Method):
         identical on every rank itself (gathered updates), and a memory bank is big."""
         names = [n for n, _ in self.named_buffers() if n.startswith(prefixes)]
         self._ddp_params_and_buffers_to_ignore = names
+
+    # ---- randomness (keyed, see textcl.core.distributed)
+    def on_epoch_start(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def example_keys(self, batch: dict[str, Tensor]) -> Tensor:
+        """One int64 key per image, from (seed, epoch, dataset index): the same on whichever
+        process and in whichever batch the image is; ``vision.augment`` draws from it."""
+        return random_keys(self.seed, AUGMENT_STREAM, self.epoch, batch["index"])
+
+    def batch_key(self, batch: dict[str, Tensor], draw: int = 0) -> Tensor:
+        """One int64 key for the *global* batch, the same on every process: from (seed,
+        epoch, the global batch's first dataset index -- the trainer's batches of an epoch
+        are disjoint slices of one permutation, rank-major, so it names the batch), for
+        draws shared by the batch (memory-bank negatives). One all-gather of a scalar."""
+        first = gather_no_grad(batch["index"][:1])[0]
+        return random_keys(self.seed, BATCH_STREAM, self.epoch, first, draw)
 
     # ---- data
     def train_dataset(self) -> torch.utils.data.Dataset:

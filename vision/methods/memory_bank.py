@@ -3,8 +3,9 @@ Maaten, CVPR 2020).
 
 NPID: every training image is its own class. Its 128-d L2-normalised feature ``v`` is
 contrasted with its memory-bank entry (the positive) and ``num_negatives`` entries drawn
-uniformly from the bank (shared by the batch). ``loss: nce`` is the paper's NCE
-(eq. 7-8: ``P(i|v) = exp(v.m_i / t) / Z``, ``Z`` estimated once on the first batch and
+uniformly from the bank, shared by the global batch (every process draws the same ones,
+keyed by (seed, epoch, global batch), as one process would). ``loss: nce`` is the
+paper's NCE (eq. 7-8: ``P(i|v) = exp(v.m_i / t) / Z``, ``Z`` estimated once on the first batch and
 then fixed, noise ``P_n = 1/N``); ``loss: infonce`` is the core ``info_nce`` over the
 positive and the same negatives. After the optimizer step the bank entries of the
 batch move towards the new features: ``m_i <- normalize(mu m_i + (1 - mu) v_i)``.
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from textcl.core.distributed import is_distributed
+from textcl.core.distributed import is_distributed, random_keys
 from textcl.core.losses import info_nce, retrieval_top1
 from textcl.core.memory_bank import MemoryBank
 from vision.augment import AugmentConfig, Jigsaw, ViewAugment
@@ -161,8 +162,10 @@ class _BankMethod(VisionMethod):
         self.train(was_training)
         return torch.cat(out)
 
-    def negatives(self) -> Tensor:
-        return self.bank.get(self.bank.sample(self.cfg.objective.num_negatives))
+    def negatives(self, batch: dict[str, Tensor]) -> Tensor:
+        """``num_negatives`` bank entries shared by the global batch: keyed by it
+        (``batch_key``), so every process draws the ones one process would."""
+        return self.bank.get(self.bank.sample(self.cfg.objective.num_negatives, key=self.batch_key(batch)))
 
     def after_optimizer_step(self, step: int) -> None:
         # Bank writes after the step (and after every micro-batch's forward), as NPID.
@@ -178,9 +181,9 @@ class NPID(_BankMethod):
     objective_name = "NPID / InstDisc (non-parametric instance discrimination with a memory bank)"
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        v = self.embed(self.augment(self.images(batch)))
+        v = self.embed(self.augment(self.images(batch), keys=self.example_keys(batch)))
         index = batch["index"]
-        loss, acc = self.contrast(v, self.bank.get(index), self.negatives())
+        loss, acc = self.contrast(v, self.bank.get(index), self.negatives(batch))
         if self.training:
             self._pending.append((index, v.detach()))
         return {"loss": loss, "top1": acc}
@@ -213,12 +216,13 @@ class PIRL(_BankMethod):
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         obj, x, index = self.cfg.objective, self.images(batch), batch["index"]
-        v_img = self.embed(self.augment(x))
-        patches, _ = self.jigsaw(x)
+        keys = self.example_keys(batch)
+        v_img = self.embed(self.augment(x, keys=random_keys(keys, 0)))
+        patches, _ = self.jigsaw(x, random_keys(keys, 1))
         b, p = patches.shape[:2]
         feats = self.backbone(patches.flatten(0, 1)).view(b, p, -1)
         v_jig = F.normalize(self.jigsaw_head(feats), dim=1)
-        positives, negatives = self.bank.get(index), self.negatives()  # negatives shared by both terms
+        positives, negatives = self.bank.get(index), self.negatives(batch)  # negatives shared by both terms
         loss_jig, acc = self.contrast(v_jig, positives, negatives, term=1)
         loss_img, _ = self.contrast(v_img, positives, negatives, term=0)
         loss = obj.jigsaw_weight * loss_jig + (1 - obj.jigsaw_weight) * loss_img

@@ -39,7 +39,7 @@ from pydantic import Field
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from textcl.core.distributed import gather_no_grad, rank, world_size
+from textcl.core.distributed import gather_no_grad, random_keys, rank, world_size
 from textcl.core.losses import info_nce, retrieval_top1
 from textcl.core.momentum import momentum_copy, update_momentum
 from textcl.core.queue import FeatureQueue
@@ -257,7 +257,8 @@ class MoCo(VisionMethod):
         obj, x = self.cfg.objective, self.images(batch)
         set_bn_splits(self.backbone, self.query_splits())
         set_bn_splits(self.head, self.query_splits())
-        x_q, x_k = self.augment(x), self.augment(x)  # two calls: independent parameters
+        keys = self.example_keys(batch)  # two views, independent parameters
+        x_q, x_k = self.augment(x, keys=random_keys(keys, 0)), self.augment(x, keys=random_keys(keys, 1))
         q = F.normalize(self.head(self.backbone(x_q)), dim=1)
         k = self.keys(x_k)
         if self.training:

@@ -78,7 +78,8 @@ class SimCLR(VisionMethod):
         self.augment = ViewAugment(obj.augment)
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        views = self.augment.views(self.images(batch), 2)  # (2B, ...): two independent draws per image
+        # (2B, ...): two independent draws per image, keyed by (seed, epoch, index, view)
+        views = self.augment.views(self.images(batch), 2, self.example_keys(batch))
         # One forward for both views: BatchNorm statistics over all 2B views, as SimCLR's
         # (global, with sync_bn) BN does.
         z1, z2 = self.head(self.backbone(views)).chunk(2)

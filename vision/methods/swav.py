@@ -114,7 +114,6 @@ class SwAV(VisionMethod):
         self.queues = nn.ModuleList(
             FeatureQueue(obj.queue_length, obj.projection_dim, init="empty") for _ in range(2 if obj.queue_length else 0)
         )
-        self.epoch = 0
         self._pending: list[list[Tensor]] = []
         self._ddp_ignore("queues.")  # per-process queues: DDP must not overwrite them with rank 0's
 
@@ -125,7 +124,7 @@ class SwAV(VisionMethod):
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         obj, x = self.cfg.objective, self.images(batch)
         b = x.shape[0]
-        big, small = self.crops(x)
+        big, small = self.crops(x, self.example_keys(batch))
         z = [F.normalize(self.head(self.backbone(big)), dim=1)]  # one forward per resolution
         if small is not None:
             z.append(F.normalize(self.head(self.backbone(small)), dim=1))
@@ -143,9 +142,6 @@ class SwAV(VisionMethod):
             self._pending.append([z_all[i * b : (i + 1) * b].detach() for i in range(2)])
         loss = swapped_prediction(codes, scores, obj.temperature)
         return {"loss": loss, "code_entropy": _entropy(codes[0])}
-
-    def on_epoch_start(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def before_optimizer_step(self, step: int) -> None:
         if step < self.cfg.objective.freeze_prototypes_steps:
