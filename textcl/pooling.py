@@ -1,0 +1,45 @@
+"""Pooling of token states into sentence vectors, as sentence-transformers' Pooling does.
+
+Below every other text module: :mod:`textcl.st_folder` checks saved pooling modes against
+:data:`POOLING_MODES`, :class:`textcl.encoders.TextEncoder` pools with :func:`pool`, and
+:class:`textcl.st_modules.BagOfWordsResidual` uses :func:`bow_mean`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+POOLING_MODES = ("mean", "cls", "max")
+
+
+def pool(token_embeddings: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """Pool ``(B, T, d)`` token states to ``(B, d)`` exactly as sentence-transformers' Pooling does.
+
+    ``mean`` averages over attended tokens, ``cls`` takes the first attended token, ``max``
+    takes the element-wise maximum over attended tokens.
+    """
+    if mode == "cls":
+        # First *attended* position rather than index 0, so left-padded batches work (as in ST).
+        first = attention_mask.to(torch.int).argmax(dim=1)
+        index = first.view(-1, 1, 1).expand(-1, 1, token_embeddings.shape[-1])
+        return torch.gather(token_embeddings, 1, index).squeeze(1)
+    mask = attention_mask.unsqueeze(-1).to(token_embeddings.dtype)
+    if mode == "mean":
+        # Accumulate half precision in float32, like ST, so fp16/bf16 means do not overflow.
+        half = token_embeddings.dtype in (torch.float16, torch.bfloat16)
+        acc = torch.float32 if half else token_embeddings.dtype
+        summed = (token_embeddings * mask).sum(dim=1, dtype=acc)
+        count = mask.sum(dim=1, dtype=acc).clamp(min=1e-9)
+        return (summed / count).to(token_embeddings.dtype)
+    if mode == "max":
+        return token_embeddings.masked_fill(mask == 0, float("-inf")).max(dim=1).values
+    raise ValueError(f"pooling must be one of {POOLING_MODES}, got {mode!r}")
+
+
+def bow_mean(embedding: nn.Embedding, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of the input-embedding rows of the attended tokens: ``(B, T)`` ids -> ``(B, d)``
+    (the residual bag-of-words path, ``TextEncoder.bow_weight``)."""
+    rows = embedding(input_ids)
+    mask = attention_mask.unsqueeze(-1).to(rows.dtype)
+    return (rows * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
