@@ -18,9 +18,11 @@
   seeded 10% held-out part of train by the task's main metric, then refit on all of train;
   ``--probe-c`` fixes it instead.
 
-Scores are on the GLUE dev sets, x100, computed with scikit-learn / scipy (the same formulas
-as ``evaluate.load("glue")``, which needs the hub): CoLA Matthews corr; MRPC/QQP F1 and
-accuracy; STS-B Pearson and Spearman; the rest accuracy. Data layout: ``DIR/glue/<task>/``
+Scores are on the GLUE dev sets, x100, computed by an ``evaluate`` metric module: the hub's
+``evaluate.load("glue", task)`` when the hub is reachable, else the local copy
+``benchmarks/glue_metric.py`` (same formulas, scikit-learn / scipy; STS-B in float64 where
+the hub's casts to float32): CoLA Matthews corr; MRPC/QQP F1 and accuracy; STS-B Pearson
+and Spearman; the rest accuracy. Data layout: ``DIR/glue/<task>/``
 as in ``../shared/data/README.md``. QQP (only a 23,497-row *train* subset) and QNLI (only
 dev) are split 80/20 by a seeded hash of the row index, and the protocol says so; MNLI is
 not in the data.
@@ -36,6 +38,7 @@ rewritten after every run and a restart with the same settings skips the finishe
 from __future__ import annotations
 
 import argparse
+import functools
 import gzip
 import hashlib
 import json
@@ -55,6 +58,9 @@ import numpy as np
 
 from benchmarks._cli import cli_main
 from benchmarks.common import add_data_dir_argument, environment, resolve_data_dir, write_report
+
+# The formulas live with the evaluate module; re-exported for the probe's model selection.
+from benchmarks.glue_scores import METRICS, accuracy, f1, matthews, pearson, spearman  # noqa: F401
 
 SPLIT_DEV_FRACTION = 0.2
 PROBE_HOLDOUT_FRACTION = 0.1
@@ -147,64 +153,34 @@ _ABSENT = {
 # --------------------------------------------------------------------------- metrics
 
 
-def accuracy(y_true: Sequence[int], y_pred: Sequence[int]) -> float:
-    """Fraction of predictions equal to the labels."""
-    from sklearn.metrics import accuracy_score
-
-    return float(accuracy_score(y_true, y_pred))
+#: The offline ``evaluate`` module of the GLUE metrics (see its docstring).
+GLUE_METRIC_MODULE = Path(__file__).with_name("glue_metric.py")
 
 
-def f1(y_true: Sequence[int], y_pred: Sequence[int]) -> float:
-    """Binary F1 of the positive class (label 1), as GLUE reports for MRPC and QQP."""
-    from sklearn.metrics import f1_score
+@functools.cache
+def glue_metric(task_name: str) -> Any:
+    """The ``evaluate`` module scoring a task: the hub's "glue" when the hub is reachable, else
+    :data:`GLUE_METRIC_MODULE` (loaded from its file, no network)."""
+    import evaluate
 
-    return float(f1_score(y_true, y_pred, pos_label=1, average="binary", zero_division=0))
+    from textcl.model_location import _hub_reachable, _offline_env
 
-
-def matthews(y_true: Sequence[int], y_pred: Sequence[int]) -> float:
-    """Matthews correlation coefficient (0 when predictions are constant)."""
-    from sklearn.metrics import matthews_corrcoef
-
-    return float(matthews_corrcoef(y_true, y_pred))
-
-
-def _constant(x: Sequence[float]) -> bool:
-    a = np.asarray(x, dtype=np.float64)
-    return a.size < 2 or bool(np.all(a == a[0]))
-
-
-def pearson(y_true: Sequence[float], y_pred: Sequence[float]) -> float:
-    """Pearson r; NaN when either side is constant (undefined, and scipy warns)."""
-    from scipy.stats import pearsonr
-
-    if _constant(y_true) or _constant(y_pred):
-        return math.nan
-    return float(pearsonr(np.asarray(y_true, float), np.asarray(y_pred, float))[0])
-
-
-def spearman(y_true: Sequence[float], y_pred: Sequence[float]) -> float:
-    """Spearman rho; NaN when either side is constant."""
-    from scipy.stats import spearmanr
-
-    if _constant(y_true) or _constant(y_pred):
-        return math.nan
-    return float(spearmanr(np.asarray(y_true, float), np.asarray(y_pred, float))[0])
-
-
-METRICS = {
-    "matthews_correlation": matthews,
-    "f1": f1,
-    "accuracy": accuracy,
-    "pearson": pearson,
-    "spearmanr": spearman,
-}
+    if not _offline_env() and _hub_reachable():
+        try:
+            return evaluate.load("glue", task_name)
+        except Exception as exc:  # any hub failure: the local module has the same formulas
+            print(f"note: evaluate.load('glue', {task_name!r}) failed ({type(exc).__name__}); "
+                  f"using {GLUE_METRIC_MODULE.name}", file=sys.stderr)
+    return evaluate.load(str(GLUE_METRIC_MODULE), config_name=task_name, keep_in_memory=True)
 
 
 def score(task: Task, y_true: Sequence[float], y_pred: Sequence[float]) -> dict[str, float | None]:
-    """The task's GLUE metrics, x100 and rounded to 3 decimals (None where undefined)."""
+    """The task's GLUE metrics (:func:`glue_metric`), x100 and rounded to 3 decimals (None
+    where undefined)."""
+    result = glue_metric(task.name).compute(predictions=np.asarray(y_pred), references=np.asarray(y_true))
     out: dict[str, float | None] = {}
     for name in task.metrics:
-        value = METRICS[name](y_true, y_pred)
+        value = float(result[name])
         out[name] = None if math.isnan(value) else round(100 * value, 3)
     return out
 

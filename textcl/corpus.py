@@ -16,7 +16,12 @@ Normalisation (``normalize``):
 * ``a-z``: ASCII-lowercase, and words are the maximal runs of the letters a-z; every other
   character (digits, punctuation, apostrophes, non-ASCII letters) separates words -- the
   text8 convention (``re.findall("[a-z]+", text.lower())`` up to the two non-ASCII
-  characters whose Unicode lowercase is an ASCII letter, U+0130 and U+212A).
+  characters whose Unicode lowercase is an ASCII letter, U+0130 and U+212A);
+* ``moses``: the English Moses tokenizer (sacremoses' ``MosesTokenizer(lang="en")
+  .tokenize(line, escape=False)``), case kept: punctuation split off as tokens
+  (``said,`` -> ``said ,``), clitics split (``don't`` -> ``don 't``), numbers such as
+  ``3.14`` kept whole. It runs in Python at ~8k lines/s on one core, so a corpus of 500k
+  sentences takes about a minute more to read than with the other modes.
 
 The vocabulary keeps words occurring at least ``min_count`` times, most frequent first, at
 most ``max_vocab`` of them; words of equal count are in gensim's order (the word that first
@@ -27,10 +32,11 @@ training, as word2vec and gensim do, so context windows reach across them.
 
 from __future__ import annotations
 
+import functools
 import gc
 import gzip
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
@@ -54,10 +60,11 @@ __all__ = [
     "chunk_boundaries",
     "iter_sentences",
     "load_corpus",
+    "moses_tokenize_line",
     "normalize_text",
 ]
 
-Normalize = Literal["none", "lowercase", "a-z"]
+Normalize = Literal["none", "lowercase", "a-z", "moses"]
 
 _BLOCK_BYTES = 16 << 20
 
@@ -70,12 +77,28 @@ _AZ_TABLE[ord("\n")] = ord("\n")
 _AZ = bytes(_AZ_TABLE)
 
 
+@functools.lru_cache(maxsize=1)
+def _moses_tokenize() -> Callable[[str], list[str]]:
+    from sacremoses import MosesTokenizer
+
+    tokenizer = MosesTokenizer(lang="en")
+    # escape=False: words as written ("&", not Moses' XML escape "&amp;").
+    return functools.partial(tokenizer.tokenize, escape=False)
+
+
+def moses_tokenize_line(line: str) -> str:
+    """``line`` as Moses-tokenised English: its tokens joined by single spaces."""
+    return " ".join(_moses_tokenize()(line))
+
+
 def normalize_text(text: str, normalize: Normalize) -> str:
     """``text`` normalised as a corpus line is (see the module docstring)."""
     if normalize == "none":
         return text
     if normalize == "lowercase":
         return text.lower()
+    if normalize == "moses":
+        return moses_tokenize_line(text)
     return text.encode("utf-8").translate(_AZ).decode("ascii")
 
 
@@ -177,6 +200,8 @@ def _decode_lines(block: bytes, normalize: Normalize) -> list[str]:
     lines = text.split("\n")
     if lines and not lines[-1]:
         lines.pop()
+    if normalize == "moses":
+        lines = [moses_tokenize_line(line) for line in lines]
     return lines
 
 

