@@ -1,5 +1,6 @@
-"""textcl.sentences: the splitter, skipped documents, the on-disk cache, tokenisation;
-and the shared sampling helpers of textcl.objectives._sentence_common."""
+"""textcl.sentences: the splitter, skipped documents, the on-disk (Arrow) cache, tokenisation;
+and the shared sampling helpers of textcl.objectives._sentence_common. The Arrow corpora
+themselves (multi-process splitting, lazy views, memory): tests/test_arrow_corpora.py."""
 
 import gzip
 import json
@@ -84,7 +85,7 @@ def test_cache_hit_skips_splitting_and_content_change_misses(tmp_path, monkeypat
     cache = tmp_path / "cache"
     first = load_sentence_documents(str(src), cache_dir=cache)
     files = list(cache.iterdir())
-    assert len(files) == 1 and files[0].name.endswith(".json.gz")  # no temp file left behind
+    assert len(files) == 1 and files[0].name.endswith(".arrow")  # no temp file left behind
 
     def no_split(text):
         raise AssertionError("split_sentences called on a cache hit")

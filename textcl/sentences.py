@@ -29,37 +29,60 @@ this module         8277       ~12 k        0/50    (the reference)
 For next/neighbour-sentence objectives a speech tag cut off as its own "sentence"
 (``whispered the Captain, ...``) and a name cut from its title make false, trivially easy
 positives, and unsplit speeches make few, overlong ones, so accuracy matters more than
-raw speed here; syntok splits the full 3000-chapter corpus in about a minute on a busy
-core, once: the result is cached on disk (see :func:`load_sentence_documents`).
+raw speed here; syntok splits the full 3000-chapter corpus in one to three minutes on a
+busy core, once, in ``data.num_proc`` processes (``Dataset.map``): the result is cached on
+disk as memory-mapped Arrow (see :func:`load_sentence_documents`), and so are the token
+ids (:func:`tokenize_sentence_dataset`). Nothing is held per sentence in Python: the
+objectives read sentences by index through :class:`SentenceDocuments` and
+:class:`SentenceTokens`.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import logging
 import os
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import Field
 
 from textcl.core.method import MethodConfig
 from textcl.core.recipe import InputFile
-from textcl.documents import DataError, check_data_file, load_documents
+from textcl.documents import (
+    ArrowInts,
+    ArrowLists,
+    DataError,
+    _features,
+    cached_map,
+    check_data_file,
+    complete_files,
+    fingerprint_of,
+    map_to_files,
+    read_column,
+    source_dataset,
+    split_key,
+    tokenizer_fingerprint,
+)
 
 __all__ = [
     "SPLITTER",
     "SentenceDataSection",
     "SentenceDocument",
+    "SentenceDocuments",
+    "SentenceTokens",
     "SplitStats",
+    "as_sentence_documents",
     "default_cache_dir",
     "load_sentence_documents",
     "split_sentences",
     "splitter_version",
+    "tokenize_sentence_dataset",
     "tokenize_sentences",
 ]
 
@@ -70,7 +93,9 @@ SPLITTER = "syntok"
 #: Version of textcl's own rules around the splitter (paragraphs, whitespace); bump it
 #: whenever :func:`split_sentences` changes its output, so old caches are not reused.
 _RULES_VERSION = 1
-_CACHE_FORMAT = 1
+#: 1: one json.gz file per corpus (ignored now); 2: Arrow (``Dataset.map`` output).
+_CACHE_FORMAT = 2
+_TOKENS_FORMAT = 1
 #: Show a progress bar when splitting at least this many documents.
 _PROGRESS_MIN_DOCUMENTS = 50
 
@@ -118,7 +143,12 @@ class SentenceDataSection(MethodConfig):
     min_sentences: int = Field(2, ge=1)
     max_tokens: int = Field(48, ge=1, description="per sentence, special tokens excluded (truncation)")
     cache_dir: str | None = Field(
-        None, description="sentence-split cache; default $TEXTCL_CACHE/sentences or ~/.cache/textcl/sentences"
+        None, description="sentence-split and token-id caches (Arrow); default $TEXTCL_CACHE/sentences or "
+        "~/.cache/textcl/sentences"
+    )
+    num_proc: int | None = Field(
+        None, ge=1, description="processes for sentence splitting and tokenisation (datasets map); "
+        "default: the CPUs available"
     )
 
 
@@ -197,55 +227,191 @@ def _file_hash(path: Path) -> str:
     return h.hexdigest()
 
 
-def _cache_file(cache_dir: Path, source: str, content_id: str, text_field: str, id_field: str | None,
-                max_documents: int | None) -> Path:
+_SENTENCE_FEATURES = {"id": "string", "sentences": ["string"], "num_sentences": "int32", "split_key": "float64"}
+_TOKEN_FEATURES = {"input_ids": ["int32"], "text_key": "int64"}
+#: Keep the low 63 bits of a hash (a non-negative int64).
+_KEY_MASK = 0x7FFFFFFFFFFFFFFF
+
+
+def _cache_digest(content_id: str, text_field: str, id_field: str | None, max_documents: int | None) -> str:
     key = json.dumps(
-        [content_id, splitter_version(), text_field, id_field, max_documents], separators=(",", ":")
+        [content_id, splitter_version(), text_field, id_field, max_documents, _CACHE_FORMAT], separators=(",", ":")
     )
-    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:24]
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:24]
+
+
+def _cache_stem(source: str) -> str:
+    """For people browsing the cache only: a lookup goes by the digest."""
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(source.removeprefix("hf://")).name.split(".")[0])[:40]
-    return cache_dir / f"{stem or 'corpus'}-{digest}.json.gz"
+    return stem or "corpus"
 
 
-def _read_cache(path: Path) -> list[SentenceDocument] | None:
-    try:
-        with gzip.open(path, "rt", encoding="utf-8") as fh:
-            data = json.load(fh)
-        if data.get("format") != _CACHE_FORMAT or data.get("splitter") != splitter_version():
-            return None
-        return [SentenceDocument(str(i), list(s)) for i, s in data["documents"]]
-    except (OSError, ValueError, KeyError, TypeError, EOFError):
-        logger.warning("sentence cache %s is unreadable; splitting again", path)
+def _load_cached(cache_root: Path, digest: str) -> _SentenceTable | None:
+    """The sentence dataset cached under ``digest`` (one file, or every shard of a
+    ``num_proc`` run; any file-name stem); None on a miss. Only its per-document columns are
+    read (the files are opened when documents are). Unreadable files are logged and
+    removed, so the split runs again."""
+    if not cache_root.is_dir():
         return None
+    pattern = re.compile(rf"(.+-{digest})(?:_(\d{{5}})_of_(\d{{5}}))?\.arrow")
+    sets: dict[tuple[str, int], dict[int, Path]] = {}
+    for path in sorted(cache_root.glob(f"*-{digest}*.arrow")):
+        m = pattern.fullmatch(path.name)
+        if m:
+            n = int(m.group(3) or 1)
+            sets.setdefault((m.group(1), n), {})[int(m.group(2) or 0)] = path
+    for (_, n), shards in sorted(sets.items()):
+        if sorted(shards) != list(range(n)):
+            continue  # an interrupted num_proc run: map finishes it
+        try:
+            return _SentenceTable(digest, cache_root, files=[str(shards[r]) for r in range(n)])
+        except Exception:  # noqa: BLE001 - a truncated or foreign file: split again
+            pass
+        logger.warning("sentence cache %s is unreadable; splitting again", shards[0])
+        for path in shards.values():
+            path.unlink(missing_ok=True)
+    return None
 
 
-def _write_cache(path: Path, source: str, docs: list[SentenceDocument]) -> None:
-    """Temp file + rename: a killed run never leaves a truncated cache under the real name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    payload = {
-        "format": _CACHE_FORMAT,
-        "splitter": splitter_version(),
-        "source": source,
-        "documents": [[d.id, d.sentences] for d in docs],
+def _split_batch(texts: list[Any], *rest: list[Any], has_ids: bool) -> dict[str, list[Any]]:
+    """One ``Dataset.map`` batch: id (``str`` of the id field, else of the row number),
+    sentences, their number, and the held-out key of the id."""
+    ids = [str(i) for i in (rest[0] if has_ids else rest[-1])]
+    sentences = [split_sentences(t) if isinstance(t, str) else [] for t in texts]
+    return {
+        "id": ids,
+        "sentences": sentences,
+        "num_sentences": [len(s) for s in sentences],
+        "split_key": [split_key(i) for i in ids],
     }
-    try:
-        with gzip.open(tmp, "wt", encoding="utf-8", compresslevel=3) as fh:
-            json.dump(payload, fh, ensure_ascii=False, separators=(",", ":"))
-        os.replace(tmp, path)
-    except OSError as exc:  # a read-only cache must not stop training
-        logger.warning("could not write the sentence cache %s (%s)", path, exc)
-        tmp.unlink(missing_ok=True)
 
 
-def _split_all(texts: list[tuple[str, str]]) -> list[SentenceDocument]:
-    from tqdm.auto import tqdm
+class _SentenceTable:
+    """What the views of one sentence dataset share: the dataset (``id``, ``sentences``,
+    ``num_sentences``, ``split_key`` per document: its Arrow ``files``, opened when
+    documents are read, or an in-memory ``dataset``), its cache key and directory, the
+    per-document counts and keys (one number per document) and memoised token ids."""
 
-    bar = tqdm(
-        texts, desc="splitting sentences", unit="doc", dynamic_ncols=True,
-        disable=len(texts) < _PROGRESS_MIN_DOCUMENTS,
+    def __init__(self, key: str, cache_dir: Path | None, *, files: list[str] | None = None,
+                 dataset: Any = None):
+        self.key, self.cache_dir, self.files, self._dataset = key, cache_dir, files, dataset
+        source = files if files is not None else dataset
+        self.num_sentences = read_column(source, "num_sentences").astype(np.int64)
+        self.split_keys = read_column(source, "split_key").astype(np.float64)
+        if len(self.split_keys) != len(self.num_sentences):
+            raise ValueError(f"sentence cache {files}: columns of different lengths")
+        self.sentence_start = np.concatenate([[0], np.cumsum(self.num_sentences)]).astype(np.int64)
+        self._rows: Any = None
+        self.tokens: dict[str, SentenceTokens] = {}
+
+    @property
+    def dataset(self) -> Any:
+        """The ``datasets.Dataset`` (memory-mapped files are opened on first use)."""
+        if self._dataset is None:
+            import datasets
+
+            parts = [datasets.Dataset.from_file(f) for f in self.files or []]
+            self._dataset = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+        return self._dataset
+
+    @property
+    def rows(self) -> Any:
+        if self._rows is None:
+            self._rows = self.dataset.select_columns(["id", "sentences"])
+        return self._rows
+
+
+class SentenceDocuments(Sequence[SentenceDocument]):
+    """Sentence-split documents in Arrow, read when asked for: ``docs[i]`` is a
+    :class:`SentenceDocument`; iteration reads in batches. A view (``take``, slices,
+    :func:`~textcl.documents.held_out_split`) shares the dataset and holds its row numbers."""
+
+    def __init__(self, table: _SentenceTable, rows: np.ndarray):
+        self.table = table
+        self.rows = np.asarray(rows, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return SentenceDocuments(self.table, self.rows[i])
+        row = self.table.rows[int(self.rows[i])]
+        return SentenceDocument(row["id"], list(row["sentences"]))
+
+    def __iter__(self) -> Iterator[SentenceDocument]:
+        for start in range(0, len(self.rows), 256):
+            batch = self.table.rows[self.rows[start : start + 256].tolist()]
+            for doc_id, sentences in zip(batch["id"], batch["sentences"]):
+                yield SentenceDocument(doc_id, list(sentences))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or isinstance(other, str):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"SentenceDocuments({len(self)} documents)"
+
+    def take(self, selection: Any) -> SentenceDocuments:
+        """The view of ``selection`` (a boolean mask or positions) of this view's documents."""
+        return SentenceDocuments(self.table, self.rows[np.asarray(selection)])
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Sentences per document of the view (int64)."""
+        return self.table.num_sentences[self.rows]
+
+    def split_keys(self) -> np.ndarray:
+        """:func:`~textcl.documents.split_key` of each document's id (one per document)."""
+        return self.table.split_keys[self.rows]
+
+
+def as_sentence_documents(docs: Sequence[SentenceDocument]) -> SentenceDocuments:
+    """``docs`` as :class:`SentenceDocuments` (a list is put into an in-memory dataset)."""
+    if isinstance(docs, SentenceDocuments):
+        return docs
+    import datasets
+
+    docs = list(docs)
+    ids = [d.id for d in docs]
+    ds = datasets.Dataset.from_dict(
+        {"id": ids, "sentences": [list(d.sentences) for d in docs],
+         "num_sentences": [len(d.sentences) for d in docs], "split_key": [split_key(i) for i in ids]},
+        features=_features(_SENTENCE_FEATURES),
     )
-    return [SentenceDocument(doc_id, split_sentences(text)) for doc_id, text in bar]
+    key = fingerprint_of("sentence-list", [[d.id, d.sentences] for d in docs])
+    return SentenceDocuments(_SentenceTable(key, None, dataset=ds), np.arange(len(docs), dtype=np.int64))
+
+
+def _sentence_table(source: str, *, text_field: str, id_field: str | None, max_documents: int | None,
+                    cache_root: Path, num_proc: int | None) -> _SentenceTable:
+    local = not source.startswith("hf://")
+    if local:
+        path = check_data_file(source)  # missing, a directory, empty, binary, not UTF-8
+        digest = _cache_digest(_file_hash(path), text_field, id_field, max_documents)
+        cached = _load_cached(cache_root, digest)
+        if cached is not None:
+            logger.info("sentences of %s from the cache %s", source, cache_root)
+            return cached
+    raw = source_dataset(source, text_field=text_field, max_documents=max_documents)
+    if not local:
+        digest = _cache_digest(f"{source}@{raw._fingerprint}", text_field, id_field, max_documents)
+        cached = _load_cached(cache_root, digest)
+        if cached is not None:
+            return cached
+    has_ids = bool(id_field) and id_field in raw.column_names
+    split = cached_map(
+        raw, _split_batch, fingerprint=digest, cache_file=cache_root / f"{_cache_stem(source)}-{digest}.arrow",
+        num_proc=num_proc, input_columns=[text_field, id_field] if has_ids else [text_field], with_indices=True,
+        remove_columns=raw.column_names, features=_features(_SENTENCE_FEATURES), fn_kwargs={"has_ids": has_ids},
+        batch_size=64, desc="splitting sentences", progress=len(raw) >= _PROGRESS_MIN_DOCUMENTS,
+    )
+    if split.cache_files:
+        return _SentenceTable(digest, cache_root, files=[f["filename"] for f in split.cache_files])
+    return _SentenceTable(digest, None, dataset=split)  # the cache directory cannot be written
 
 
 def load_sentence_documents(
@@ -256,51 +422,35 @@ def load_sentence_documents(
     max_documents: int | None = None,
     min_sentences: int = 2,
     cache_dir: str | Path | None = None,
-) -> tuple[list[SentenceDocument], SplitStats]:
-    """Read documents (textcl.documents.load_documents: .jsonl[.gz]/.txt[.gz]/hf://), split into
+    num_proc: int | None = None,
+) -> tuple[SentenceDocuments, SplitStats]:
+    """Read documents (textcl.documents.source_dataset: .jsonl[.gz]/.txt[.gz]/hf://), split into
     sentences (cached on disk by file content hash + splitter name/version), skip and count
     empty / too-short documents; raise DataError if nothing is left.
 
-    The cache (``cache_dir``, default :func:`default_cache_dir`) holds every document's
-    sentences, empty ones included, so any ``min_sentences`` reuses it. Its key is the
-    SHA-256 of the file's bytes (for ``hf://`` sources: the dataset's fingerprint), the
-    splitter name and version, the fields read and ``max_documents``.
+    Splitting is a ``Dataset.map`` in ``num_proc`` processes (default: the CPUs available;
+    small corpora stay in this process) written as Arrow into ``cache_dir`` (default
+    :func:`default_cache_dir`) under a fingerprint: the SHA-256 of the file's bytes (for
+    ``hf://`` sources: the dataset's fingerprint), the splitter name and version, the
+    fields read and ``max_documents``. The cache holds every document's sentences, empty
+    ones included, so any ``min_sentences`` reuses it; the same content under another file
+    name is a hit, changed content a miss. The result is a view of the memory-mapped
+    cache, read when asked for.
     """
     cache_root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    local = not source.startswith("hf://")
-    cache_path: Path | None = None
-    docs: list[SentenceDocument] | None = None
-    if local:
-        path = check_data_file(source)  # missing, a directory, empty, binary, not UTF-8
-        cache_path = _cache_file(cache_root, source, _file_hash(path), text_field, id_field, max_documents)
-        # The name's stem is only for people browsing the cache: the same content under
-        # another file name is a hit too.
-        for hit in sorted(cache_root.glob(f"*-{cache_path.name.rsplit('-', 1)[1]}")):
-            docs = _read_cache(hit)
-            if docs is not None:
-                logger.info("sentences of %s from the cache %s", source, hit)
-                break
-    if docs is None:
-        raw = load_documents(
-            source, text_field=text_field, id_field=id_field, max_documents=max_documents, keep_empty=True
-        )
-        if not local:
-            cache_path = _cache_file(cache_root, source, _hub_fingerprint(source), text_field, id_field,
-                                     max_documents)
-        docs = _split_all([(d.id, d.text) for d in raw])
-        if cache_path is not None:
-            _write_cache(cache_path, source, docs)
-
-    kept = [d for d in docs if len(d.sentences) >= min_sentences]
-    empty = sum(1 for d in docs if not d.sentences)
+    table = _sentence_table(source, text_field=text_field, id_field=id_field, max_documents=max_documents,
+                            cache_root=cache_root, num_proc=num_proc)
+    counts = table.num_sentences
+    kept = np.flatnonzero(counts >= min_sentences)
+    empty = int((counts == 0).sum())
     stats = SplitStats(
-        documents=len(docs),
+        documents=len(counts),
         kept=len(kept),
         empty=empty,
-        too_few_sentences=len(docs) - len(kept) - empty,
-        sentences=sum(len(d.sentences) for d in kept),
+        too_few_sentences=len(counts) - len(kept) - empty,
+        sentences=int(counts[kept].sum()),
     )
-    if not kept:
+    if not len(kept):
         raise DataError(
             f"{source}: no document has at least {min_sentences} sentences "
             f"({stats.documents} read: {stats.empty} empty, {stats.too_few_sentences} with fewer "
@@ -309,21 +459,78 @@ def load_sentence_documents(
         )
     if stats.empty or stats.too_few_sentences:
         logger.info("%s: %s", source, stats.describe())
-    return kept, stats
-
-
-def _hub_fingerprint(source: str) -> str:
-    """The ``datasets`` fingerprint of a hub source (changes when the data changes)."""
-    import datasets
-
-    name, _, split = source[len("hf://") :].partition(":")
-    ds = datasets.load_dataset(name, split=split or "train")
-    return f"{source}@{getattr(ds, '_fingerprint', '')}"
+    return SentenceDocuments(table, kept), stats
 
 
 # --------------------------------------------------------------------------- tokenisation
-def tokenize_sentences(tokenizer: Any, docs: list[SentenceDocument], max_tokens: int) -> list[list[list[int]]]:
-    """Per document, per sentence: token ids without special tokens, truncated to max_tokens."""
+def _token_ids(tokenizer: Any, texts: list[str], max_tokens: int) -> list[list[int]]:
+    if not texts:
+        return []
+    out = tokenizer(
+        texts, add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False, verbose=False,
+    )["input_ids"]
+    return [x[:max_tokens] for x in out]
+
+
+def text_key(token_ids: Sequence[int]) -> int:
+    """A hash of a sentence's token ids, equal for equal sentences in every process
+    (``hash`` of a tuple of ints is not salted per process, unlike a str's)."""
+    return hash(tuple(token_ids)) & _KEY_MASK
+
+
+def _tokenize_batch(sentences: list[list[str]], *, tokenizer: Any, max_tokens: int) -> dict[str, list[Any]]:
+    """One ``Dataset.map`` batch: a row per sentence of the batch's documents."""
+    ids = _token_ids(tokenizer, [s for doc in sentences for s in doc], max_tokens)
+    return {"input_ids": ids, "text_key": [text_key(x) for x in ids]}
+
+
+class SentenceTokens:
+    """Token ids of every sentence of a sentence dataset, one Arrow row per sentence in
+    document order (``input_ids``: ``list<int32>``, ``text_key``: int64), read by position
+    from the cache files (:class:`~textcl.documents.ArrowLists`); ``sentence_start[r]`` is
+    the first sentence row of document row ``r``."""
+
+    def __init__(self, source: Any, sentence_start: np.ndarray):
+        self.ids = ArrowLists(source, "input_ids")
+        self.keys = ArrowInts(source, "text_key")
+        self.sentence_start = sentence_start
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def tokenize_sentence_dataset(tokenizer: Any, docs: SentenceDocuments, max_tokens: int,
+                              num_proc: int | None = None) -> SentenceTokens:
+    """Token ids (no special tokens, truncated to ``max_tokens``) and text keys of every
+    sentence of ``docs``' dataset -- all its documents, so one cache serves every view and
+    ``min_sentences`` -- as a ``Dataset.map`` (``num_proc`` processes) cached beside the
+    sentence cache, keyed by the sentence cache's digest, the tokenizer and ``max_tokens``."""
+    table = docs.table
+    fp = fingerprint_of("sentence-tokens", _TOKENS_FORMAT, table.key, tokenizer_fingerprint(tokenizer), max_tokens)
+    if fp not in table.tokens:
+        # A cache hit reads the files' layout only; a miss maps (and opens the sentences).
+        cache_file = table.cache_dir / f"tokens-{fp}.arrow" if table.cache_dir is not None else None
+        out: Any = complete_files(cache_file) if cache_file is not None else None
+        if out is None:
+            ds = table.dataset
+            out = map_to_files(
+                ds, _tokenize_batch, fingerprint=fp, cache_file=cache_file, num_proc=num_proc,
+                input_columns=["sentences"], remove_columns=ds.column_names, features=_features(_TOKEN_FEATURES),
+                fn_kwargs={"tokenizer": tokenizer, "max_tokens": max_tokens}, batch_size=64,
+                writer_batch_size=20_000, desc="tokenizing sentences",
+                progress=len(ds) >= 20 * _PROGRESS_MIN_DOCUMENTS,
+            )
+        tokens = SentenceTokens(out, table.sentence_start)
+        if len(tokens) != int(table.sentence_start[-1]):  # pragma: no cover - a foreign cache file
+            raise RuntimeError(f"{cache_file}: {len(tokens)} tokenised sentences for {int(table.sentence_start[-1])}")
+        table.tokens[fp] = tokens
+    return table.tokens[fp]
+
+
+def tokenize_sentences(tokenizer: Any, docs: Sequence[SentenceDocument], max_tokens: int) -> list[list[list[int]]]:
+    """Per document, per sentence: token ids without special tokens, truncated to max_tokens
+    (Python lists: for small inputs such as a pairs file; corpora use
+    :func:`tokenize_sentence_dataset`)."""
     from tqdm.auto import tqdm
 
     flat = [s for d in docs for s in d.sentences]
@@ -335,11 +542,7 @@ def tokenize_sentences(tokenizer: Any, docs: list[SentenceDocument], max_tokens:
     )
     for start in range(0, len(flat), chunk):
         part = flat[start : start + chunk]
-        out = tokenizer(
-            part, add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False,
-            verbose=False,
-        )["input_ids"]
-        ids.extend(x[:max_tokens] for x in out)
+        ids.extend(_token_ids(tokenizer, part, max_tokens))
         bar.update(len(part))
     bar.close()
     result, pos = [], 0

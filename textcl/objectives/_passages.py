@@ -10,14 +10,21 @@ and counted (they appear in the model card), rather than giving shorter passages
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
 from textcl.documents import DataError, held_out_split
+from textcl.objectives._sentence_common import PositionIndex, SentenceCorpus
 from textcl.objectives.base import EVAL_STREAM, TRAIN_STREAM, SeededDataset, TextMethod, example_rng
-from textcl.sentences import SentenceDocument, load_sentence_documents, tokenize_sentences
+from textcl.sentences import (
+    SentenceDocument,
+    as_sentence_documents,
+    load_sentence_documents,
+    tokenize_sentence_dataset,
+)
 
 __all__ = ["BART_CITATION", "PassageObjective", "ShuffledPassageDataset"]
 
@@ -33,7 +40,8 @@ BART_CITATION = """@inproceedings{lewis-etal-2020-bart,
 
 
 class ShuffledPassageDataset(SeededDataset):
-    """Shuffled ``k``-sentence passages of tokenised documents.
+    """Shuffled ``k``-sentence passages of tokenised documents (a
+    :class:`~textcl.objectives._sentence_common.SentenceCorpus`, or ``ids[d][s]`` lists).
 
     Item ``index`` is a fixed window slot (document, j-th window). In each epoch a
     document's windows shift by an offset in ``[0, n mod k]`` drawn from
@@ -41,12 +49,15 @@ class ShuffledPassageDataset(SeededDataset):
     the dataset length stays fixed. The shuffle comes from (seed, stream, epoch, index).
     """
 
-    def __init__(self, token_ids: list[list[list[int]]], k: int, seed: int, stream: int = TRAIN_STREAM,
-                 slots: list[tuple[int, int]] | None = None):
+    def __init__(self, token_ids: Any, k: int, seed: int, stream: int = TRAIN_STREAM, slots: Any = None):
         super().__init__(seed, stream)
         self.token_ids, self.k = token_ids, k
-        if slots is None:
-            slots = [(d, j) for d, doc in enumerate(token_ids) for j in range(len(doc) // k)]
+        if isinstance(token_ids, SentenceCorpus):
+            self.lengths = token_ids.lengths
+        else:
+            self.lengths = np.array([len(doc) for doc in token_ids], dtype=np.int64)
+        if slots is None:  # (d, j) for j < n_d // k, a few numbers per document
+            slots = PositionIndex(self.lengths // k, np.zeros(len(self.lengths), dtype=np.int64))
         self.slots = slots
 
     def __len__(self) -> int:
@@ -55,7 +66,7 @@ class ShuffledPassageDataset(SeededDataset):
     def passage(self, index: int) -> tuple[int, int]:
         """(document, first sentence) of item ``index`` in the current epoch."""
         doc, j = self.slots[index]
-        n = len(self.token_ids[doc])
+        n = int(self.lengths[doc])
         slack = n - (n // self.k) * self.k
         # A 5-number seed (trailing 1) never collides with example_rng's 4-number seeds.
         doc_rng = np.random.default_rng([self.seed, self.stream, self.epoch, doc, 1])
@@ -65,7 +76,10 @@ class ShuffledPassageDataset(SeededDataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         doc, start = self.passage(index)
         perm = self.rng(index).permutation(self.k)  # shuffled[j] = original[perm[j]]
-        sentences = self.token_ids[doc][start : start + self.k]
+        if isinstance(self.token_ids, SentenceCorpus):
+            sentences = [self.token_ids.sentence(doc, s) for s in range(start, start + self.k)]
+        else:
+            sentences = self.token_ids[doc][start : start + self.k]
         return {
             "sentences": [sentences[p] for p in perm],
             "order": np.argsort(perm).tolist(),  # order[i] = shuffled position of original i
@@ -80,24 +94,26 @@ class PassageObjective(TextMethod):
     (``objective.max_eval_passages``), batches of shuffled passages and the card's data line.
     The ``objective:`` section has ``passage_sentences``, ``temperature`` and ``max_eval_passages``."""
 
-    def __init__(self, encoder: Any, config: Any, documents: list[SentenceDocument], seed: int = 42,
+    def __init__(self, encoder: Any, config: Any, documents: Sequence[SentenceDocument], seed: int = 42,
                  skipped: dict[str, int] | None = None, mlm_model: torch.nn.Module | None = None):
         super().__init__(encoder, config, seed, mlm_model)  # objective.mlm_weight: MLM on every sentence
         self.skipped = dict(skipped or {})
         obj = config.objective
         self.k = obj.passage_sentences
+        documents = as_sentence_documents(documents)  # SentenceDocuments (Arrow); a list goes into memory
         train_docs, held = held_out_split(documents, config.data.held_out_fraction)
-        short = [d for d in documents if len(d.sentences) < self.k]
+        short = int((documents.lengths < self.k).sum())
         if short:
             # load_sentence_documents already drops them when min_sentences >= k; count any left.
-            self.skipped["too_few_sentences"] = self.skipped.get("too_few_sentences", 0) + len(short)
-            train_docs = [d for d in train_docs if len(d.sentences) >= self.k]
-            held = [d for d in held if len(d.sentences) >= self.k]
+            self.skipped["too_few_sentences"] = self.skipped.get("too_few_sentences", 0) + short
+            train_docs = train_docs.take(train_docs.lengths >= self.k)
+            held = held.take(held.lengths >= self.k)
         held = held[: config.data.max_eval_documents]
-        tok = encoder.tokenizer
-        self.train_ids = tokenize_sentences(tok, train_docs, config.data.max_tokens)
-        self.eval_ids = tokenize_sentences(tok, held, config.data.max_tokens)
-        if not self.train_ids:
+        tokens = tokenize_sentence_dataset(encoder.tokenizer, documents, config.data.max_tokens,
+                                           getattr(config.data, "num_proc", None))
+        self.train_ids = SentenceCorpus(train_docs, tokens)
+        self.eval_ids = SentenceCorpus(held, tokens)
+        if not len(self.train_ids):
             raise DataError(
                 f"{config.data.documents}: no training document has the {self.k} sentences a passage needs "
                 "(objective.passage_sentences); lower passage_sentences or add longer documents"
@@ -106,6 +122,8 @@ class PassageObjective(TextMethod):
         if len(slots) > obj.max_eval_passages:
             pick = example_rng(seed, EVAL_STREAM, 0, 0).choice(len(slots), obj.max_eval_passages, replace=False)
             slots = [slots[i] for i in sorted(pick.tolist())]
+        else:
+            slots = list(slots)
         self.eval_slots = slots
 
     @classmethod
@@ -114,6 +132,7 @@ class PassageObjective(TextMethod):
         docs, stats = load_sentence_documents(
             d.documents, text_field=d.text_field, id_field=d.id_field, max_documents=d.max_documents,
             min_sentences=max(d.min_sentences, config.objective.passage_sentences), cache_dir=d.cache_dir,
+            num_proc=d.num_proc,
         )
         return {"documents": docs, "skipped": {"empty": stats.empty, "too_few_sentences": stats.too_few_sentences}}
 
@@ -148,7 +167,7 @@ class PassageObjective(TextMethod):
 
     # ---- output
     def describe_data(self) -> str:
-        n_train = sum(len(d) // self.k for d in self.train_ids)
+        n_train = int((self.train_ids.lengths // self.k).sum())
         skipped = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in self.skipped.items() if v) or "none"
         return (
             f"{len(self.train_ids)} training documents ({n_train} passages of {self.k} sentences) from "

@@ -13,6 +13,7 @@ the positives of every anchor in the global batch; optional MLM on the anchors.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -23,7 +24,15 @@ from textcl.core.distributed import batch_offset, gather_with_grad
 from textcl.core.losses import info_nce, retrieval_top1
 from textcl.core.method import MethodConfig
 from textcl.core.recipe import InputFile
-from textcl.documents import DataError, Document, held_out_split, load_documents
+from textcl.documents import (
+    ArrowLists,
+    DataError,
+    Document,
+    DocumentCorpus,
+    as_document_corpus,
+    held_out_split,
+    load_documents,
+)
 from textcl.objectives._mlm import MLMOptions
 from textcl.objectives.base import SeededDataset, TextConfig, TextMethod
 
@@ -47,6 +56,10 @@ class DocumentSection(MethodConfig):
     held_out_fraction: float = Field(0.05, ge=0, lt=1)
     max_eval_documents: int = Field(128, ge=2)
     skip_short_documents: bool = False
+    num_proc: int | None = Field(
+        None, ge=1, description="processes for indexing and tokenising the documents (datasets map); "
+        "default: the CPUs available"
+    )
 
 
 class DeCLUTRObjective(MLMOptions):
@@ -111,10 +124,26 @@ class SpanSampler:
         return anchors, positives
 
 
-class _SpanDataset(SeededDataset):
-    """Tokenised documents; each item samples fresh spans from (seed, epoch, index)."""
+class _TokenRows(Sequence[list[int]]):
+    """Token ids of some documents: item ``i`` is row ``rows[i]`` of the Arrow token column."""
 
-    def __init__(self, token_ids: list[list[int]], sampler: SpanSampler, seed: int, stream: int = 0):
+    def __init__(self, tokens: ArrowLists, rows: np.ndarray):
+        self.tokens, self.rows = tokens, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return self.tokens[int(self.rows[i])]
+
+
+class _SpanDataset(SeededDataset):
+    """Tokenised documents (lists, or rows read from Arrow on demand); each item samples
+    fresh spans from (seed, epoch, index)."""
+
+    def __init__(self, token_ids: Sequence[list[int]], sampler: SpanSampler, seed: int, stream: int = 0):
         super().__init__(seed, stream)  # stream 0: training, 1: fixed held-out spans
         self.token_ids, self.sampler = token_ids, sampler
 
@@ -139,7 +168,7 @@ class DeCLUTR(TextMethod):
     citation = CITATION
     title = "DeCLUTR (contrastive span prediction from documents, InfoNCE)"
 
-    def __init__(self, encoder: Any, config: DeCLUTRConfig, documents: list[Document], seed: int = 42,
+    def __init__(self, encoder: Any, config: DeCLUTRConfig, documents: Sequence[Document], seed: int = 42,
                  mlm_model: torch.nn.Module | None = None):
         super().__init__(encoder, config, seed, mlm_model)
         obj = config.objective
@@ -151,41 +180,42 @@ class DeCLUTR(TextMethod):
                 f"encoder's max_seq_length ({encoder.max_seq_length}); lower max_span_len or raise "
                 "model.max_seq_length"
             )
-        train_docs, held = held_out_split(documents, config.data.held_out_fraction)
-        self.train_ids, self.skipped_train = self._tokenize(train_docs)
-        self.eval_ids, self.skipped_eval = self._tokenize(held[: config.data.max_eval_documents])
-        if not self.train_ids:
+        corpus = as_document_corpus(documents)  # Arrow; a list goes into an in-memory dataset
+        train_docs, held = held_out_split(corpus, config.data.held_out_fraction)
+        # Token ids of every document, a cached Arrow map; the method keeps row numbers.
+        tokens = corpus.token_ids(encoder.tokenizer, config.data.num_proc)
+        lengths = tokens.lengths()  # one number per document
+        self.train_ids, self.skipped_train = self._long_enough(train_docs, tokens, lengths)
+        self.eval_ids, self.skipped_eval = self._long_enough(held[: config.data.max_eval_documents], tokens, lengths)
+        if not len(self.train_ids):
             raise DataError(
                 f"{config.data.documents}: no training document has the {self.sampler.min_document_length} "
                 "tokens DeCLUTR needs (num_anchors * max_span_len * 2)"
             )
 
-    def _tokenize(self, docs: list[Document]) -> tuple[list[list[int]], int]:
-        if not docs:
-            return [], 0
-        tok = self.encoder.tokenizer
-        ids = tok([d.text for d in docs], add_special_tokens=False, verbose=False)["input_ids"]
+    def _long_enough(self, docs: DocumentCorpus, tokens: ArrowLists,
+                     token_counts: np.ndarray) -> tuple[_TokenRows, int]:
+        """The token rows of ``docs`` with the tokens DeCLUTR needs, and how many were skipped
+        (``data.skip_short_documents``; else the first short document raises)."""
         need = self.sampler.min_document_length
-        keep, skipped = [], 0
-        for doc, token_ids in zip(docs, ids):
-            if len(token_ids) >= need:
-                keep.append(token_ids)
-            elif self.cfg.data.skip_short_documents:
-                skipped += 1
-            else:
-                raise DataError(
-                    f"{self.cfg.data.documents}: document {doc.id!r} has {len(token_ids)} tokens; DeCLUTR "
-                    f"needs at least {need} (num_anchors * max_span_len * 2). Set "
-                    "data.skip_short_documents: true to skip such documents, or lower "
-                    "objective.max_span_len / objective.num_anchors"
-                )
-        return keep, skipped
+        lengths = token_counts[docs.rows]
+        short = lengths < need
+        if short.any() and not self.cfg.data.skip_short_documents:
+            first = int(np.flatnonzero(short)[0])
+            (doc_id,) = docs.ids([first])
+            raise DataError(
+                f"{self.cfg.data.documents}: document {doc_id!r} has {int(lengths[first])} tokens; DeCLUTR "
+                f"needs at least {need} (num_anchors * max_span_len * 2). Set "
+                "data.skip_short_documents: true to skip such documents, or lower "
+                "objective.max_span_len / objective.num_anchors"
+            )
+        return _TokenRows(tokens, docs.rows[~short]), int(short.sum())
 
     @classmethod
     def load_data(cls, config: DeCLUTRConfig, tokenizer: Any) -> dict[str, Any]:
         d = config.data
         return {"documents": load_documents(d.documents, text_field=d.text_field, id_field=d.id_field,
-                                            max_documents=d.max_documents)}
+                                            max_documents=d.max_documents, num_proc=d.num_proc)}
 
     # ---- data
     def train_dataset(self) -> torch.utils.data.Dataset:

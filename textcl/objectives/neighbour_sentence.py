@@ -46,6 +46,7 @@ from textcl.documents import DataError
 from textcl.objectives._mlm import MLMOptions, add_mlm
 from textcl.objectives._sentence_common import (
     PositionDataset,
+    PositionIndex,
     SentenceCorpora,
     SentenceCorpus,
     SentenceObjective,
@@ -135,8 +136,9 @@ class PassageDataset(PositionDataset):
     from its first sentence; a shorter tail is not used)."""
 
     def __init__(self, corpus: SentenceCorpus, seed: int, length: int, stream: int = 0):
-        starts = [(d, s) for d, n in enumerate(corpus.lengths.tolist()) for s in range(0, n - length + 1, length)]
-        super().__init__(corpus, np.array(starts, dtype=np.int64).reshape(-1, 2), seed, stream)
+        # Document d starts passages at 0, length, ... (n_d // length of them).
+        starts = PositionIndex(corpus.lengths // length, np.zeros(len(corpus), dtype=np.int64), step=length)
+        super().__init__(corpus, starts, seed, stream)
         self.length = length
 
     def example(self, d: int, s: int, rng: np.random.Generator) -> dict[str, Any]:
