@@ -76,7 +76,7 @@ def calibrate(recipe_file: Path, overrides: list[str], steps: int = 2) -> dict[s
         method.after_optimizer_step(step + 1)
         times.append(time.perf_counter() - start)
     method.eval()
-    from vision.evaluate import extract_features
+    from textcl.vision.evaluate import extract_features
 
     images = method.knn_data.x_train[:512]
     start = time.perf_counter()
@@ -108,13 +108,13 @@ def budget_minutes(method: str, budget: float | None) -> float:
 
 # --------------------------------------------------------------------------- evaluation
 def probe_sets(data_dir: Path, n_train: int, n_test: int) -> Any:
-    from vision.data import load_cifar10_npz
+    from textcl.vision.data import load_cifar10_npz
 
     return load_cifar10_npz(data_dir / CIFAR).subset(n_train, n_test, seed=0)
 
 
 def evaluate_backbone(backbone: torch.nn.Module, probe: Any) -> dict[str, float]:
-    from vision.evaluate import extract_features, knn_accuracy, linear_probe_accuracy
+    from textcl.vision.evaluate import extract_features, knn_accuracy, linear_probe_accuracy
 
     backbone.eval()
     start = time.perf_counter()
@@ -134,7 +134,7 @@ def run_method(
     import resource
 
     from textcl.train import run
-    from vision.backbones import load_backbone
+    from textcl.vision.backbones import load_backbone
 
     if threads:
         torch.set_num_threads(threads)
@@ -177,7 +177,7 @@ def random_init_row(probe: Any) -> dict[str, Any]:
     """The floor: the CPU recipes' backbone, untrained (seed 42, as the recipes)."""
     import yaml
 
-    from vision.backbones import build_backbone
+    from textcl.vision.backbones import build_backbone
 
     model = yaml.safe_load(recipe_path("simclr").read_text())["model"]
     torch.manual_seed(42)
@@ -189,7 +189,7 @@ def random_init_row(probe: Any) -> dict[str, Any]:
 # --------------------------------------------------------------------------- augmentation speed
 def augment_speed(batch: int = 512, rounds: int = 5) -> dict[str, Any]:
     """SimCLR CIFAR view (crop, flip, jitter p=.8, gray p=.2, normalise) per second."""
-    from vision.augment import CIFAR_MEAN, CIFAR_STD, AugmentConfig, ViewAugment
+    from textcl.vision.augment import CIFAR_MEAN, CIFAR_STD, AugmentConfig, ViewAugment
 
     x = torch.rand(batch, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     pipelines = {"torch (vision.augment)": ViewAugment(AugmentConfig())}

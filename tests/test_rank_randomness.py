@@ -28,7 +28,7 @@ from torch import nn
 
 from textcl.core.distributed import keyed_randint, keyed_uniform, random_keys, rank_seed
 from textcl.core.memory_bank import MemoryBank
-from vision.augment import AugmentConfig, Jigsaw, MultiCrop, ViewAugment
+from textcl.vision.augment import AugmentConfig, Jigsaw, MultiCrop, ViewAugment
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 WORLD = 2

@@ -308,7 +308,7 @@ def test_mlm_stage_resumes_bitwise_from_its_checkpoint(tokenizer_dir, repetitive
 
     from safetensors.torch import load_file
 
-    import textcl.scratch as scratch
+    import textcl.scratch_mlm as scratch_mlm
     from textcl.scratch import train_mlm
 
     start = build_bert(tokenizer_dir, tmp_path / "base", **TINY)
@@ -316,21 +316,21 @@ def test_mlm_stage_resumes_bitwise_from_its_checkpoint(tokenizer_dir, repetitive
     straight = train_mlm(start, tmp_path / "straight", cfg, cfg.files)
 
     # A run killed right after its step-5 checkpoint ...
-    save = scratch._save_mlm_checkpoint
+    save = scratch_mlm._save_mlm_checkpoint
 
     def save_then_die(directory, state):
         save(directory, state)
         if state["step"] == 5:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(scratch, "_save_mlm_checkpoint", save_then_die)
+    monkeypatch.setattr(scratch_mlm, "_save_mlm_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train_mlm(start, tmp_path / "killed", cfg, cfg.files)
     assert (tmp_path / "killed" / "checkpoint" / "state.pt").is_file()
     assert not (tmp_path / "killed" / "modules.json").exists()
     state = torch.load(tmp_path / "killed" / "checkpoint" / "state.pt", weights_only=True)
     assert int(state["step"]) == 5 and {"model", "optimizer", "rng", "curve"} <= set(state)
-    monkeypatch.setattr(scratch, "_save_mlm_checkpoint", save)
+    monkeypatch.setattr(scratch_mlm, "_save_mlm_checkpoint", save)
     # ... continues from step 5 and ends where the uninterrupted run ended, bit for bit.
     with caplog.at_level(logging.INFO, logger="textcl.scratch"):
         resumed = train_mlm(start, tmp_path / "killed", cfg, cfg.files)

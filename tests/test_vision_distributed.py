@@ -12,9 +12,9 @@ import torch.nn.functional as F
 
 from textcl.core.memory_bank import MemoryBank
 from textcl.core.queue import FeatureQueue
-from vision.methods.moco import shuffle_bn_forward
-from vision.methods.simclr import nt_xent
-from vision.methods.swav import sinkhorn
+from textcl.vision.methods.moco import shuffle_bn_forward
+from textcl.vision.methods.simclr import nt_xent
+from textcl.vision.methods.swav import sinkhorn
 
 B, D = 4, 6
 

@@ -12,7 +12,7 @@ from textcl.core.method import get_method_class
 from textcl.core.recipe import TrainConfig, load_recipe
 from textcl.core.trainer import Trainer
 from textcl.train import main
-from vision.backbones import load_backbone
+from textcl.vision.backbones import load_backbone
 
 TINY_MODEL = {"arch": "resnet_small", "width": 0.125, "channels_last": True}
 TINY_DATA = {"source": "synthetic", "image_size": 16, "synthetic_train": 64, "synthetic_test": 32, "knn_k": 10}

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from textcl.core.losses import info_nce
-from vision.augment import (
+from textcl.vision.augment import (
     AugmentConfig,
     Jigsaw,
     MultiCrop,
@@ -22,12 +22,12 @@ from vision.augment import (
     solarize,
     to_float,
 )
-from vision.backbones import build_backbone, load_backbone, save_backbone
-from vision.data import ImageDataset, load_cifar10_npz, load_image_folder, make_synthetic
-from vision.evaluate import knn_accuracy, knn_predict, linear_probe_accuracy
-from vision.methods.memory_bank import nce_loss
-from vision.methods.simclr import nt_xent
-from vision.methods.swav import sinkhorn, swapped_prediction
+from textcl.vision.backbones import build_backbone, load_backbone, save_backbone
+from textcl.vision.data import ImageDataset, load_cifar10_npz, load_image_folder, make_synthetic
+from textcl.vision.evaluate import knn_accuracy, knn_predict, linear_probe_accuracy
+from textcl.vision.methods.memory_bank import nce_loss
+from textcl.vision.methods.simclr import nt_xent
+from textcl.vision.methods.swav import sinkhorn, swapped_prediction
 
 
 @pytest.fixture(autouse=True, scope="module")

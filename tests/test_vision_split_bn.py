@@ -18,10 +18,10 @@ from torch import nn
 
 from textcl.core.recipe import TrainConfig
 from textcl.core.trainer import Trainer
-from vision.backbones import build_backbone
-from vision.data import load_splits
-from vision.methods import moco as moco_module
-from vision.methods.moco import MoCo, MoCoConfig, SplitBatchNorm1d, SplitBatchNorm2d
+from textcl.vision.backbones import build_backbone
+from textcl.vision.data import load_splits
+from textcl.vision.methods import moco as moco_module
+from textcl.vision.methods.moco import MoCo, MoCoConfig, SplitBatchNorm1d, SplitBatchNorm2d
 
 TINY_MODEL = {"arch": "resnet_small", "width": 0.125, "channels_last": True}
 TINY_DATA = {"source": "synthetic", "image_size": 16, "synthetic_train": 64, "synthetic_test": 32, "knn_k": 10}

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vision.augment import normalize, to_float
+from textcl.vision.augment import normalize, to_float
 
 __all__ = ["extract_features", "knn_accuracy", "knn_predict", "linear_probe_accuracy"]
 

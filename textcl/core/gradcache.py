@@ -78,12 +78,15 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from textcl.core.distributed import is_distributed
+from textcl.core.errors import RecipeError
 
 __all__ = [
     "GRADCACHE_PROTOCOL",
     "GradCache",
     "RngState",
     "all_reduce_gradients",
+    "check_gradcache_support",
+    "gradcache_for_training",
     "merge_auxiliary",
     "split_features",
     "supports_gradcache",
@@ -99,6 +102,42 @@ _BUCKET_ELEMENTS = 25 * 2**20 // 4
 def supports_gradcache(method: Any) -> bool:
     """Whether ``method`` (an instance or a class) implements the GradCache protocol."""
     return all(callable(getattr(method, name, None)) for name in GRADCACHE_PROTOCOL)
+
+
+def check_gradcache_support(method: Any, name: str | None = None, source: str | None = None) -> None:
+    """The one check that ``train.mini_batch_size`` can be used with ``method`` (an instance
+    or a class): ``RecipeError`` unless it implements the protocol. Called when a recipe is
+    loaded (``source``: the recipe file) and when the trainer starts (a Trainer built from
+    Python has no recipe). ``name``: the method's name in the message (default: its
+    registry name, else its class name)."""
+    if supports_gradcache(method):
+        return
+    if name is None:
+        cls = method if isinstance(method, type) else type(method)
+        name = getattr(method, "name", "") or cls.__name__
+    raise RecipeError(
+        f"{source + ': ' if source else ''}train.mini_batch_size: method {name!r} does not implement the "
+        "GradCache protocol (embedding_inputs + loss_from_embeddings, see textcl.core.gradcache); "
+        "remove train.mini_batch_size"
+    )
+
+
+def gradcache_for_training(method: nn.Module, mini_batch_size: int, accelerator: Any) -> GradCache:
+    """The trainer's GradCache runner for ``train.mini_batch_size``; ``RecipeError`` when the
+    method or the launch cannot use one (``check_gradcache_support``; a method that applies
+    its update in forward; FSDP, DeepSpeed and the like)."""
+    check_gradcache_support(method)
+    if getattr(method, "updates_in_forward", False):
+        raise RecipeError(
+            f"train.mini_batch_size: {type(method).__name__} applies its update in forward; remove train.mini_batch_size"
+        )
+    kind = accelerator.distributed_type.name
+    if kind in ("DEEPSPEED", "FSDP", "MEGATRON_LM", "XLA"):
+        raise RecipeError(
+            f"train.mini_batch_size: GradCache runs single-process or under DDP, not under "
+            f"{kind}; remove train.mini_batch_size or launch with plain DDP"
+        )
+    return GradCache(method, mini_batch_size, autocast=accelerator.autocast, backward=accelerator.backward)
 
 
 def merge_auxiliary(out: dict[str, Any], aux: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -189,11 +189,11 @@ METHODS: dict[str, str] = {
     "permutation": "textcl.objectives.permutation:SentencePermutation",
     "permutation-pirl": "textcl.objectives.permutation_pirl:PermutationPIRL",
     "simcse": "textcl.objectives.simcse:SimCSE",
-    "simclr": "vision.methods.simclr:SimCLR",
-    "npid": "vision.methods.memory_bank:NPID",
-    "pirl": "vision.methods.memory_bank:PIRL",
-    "moco": "vision.methods.moco:MoCo",
-    "swav": "vision.methods.swav:SwAV",
+    "simclr": "textcl.vision.methods.simclr:SimCLR",
+    "npid": "textcl.vision.methods.memory_bank:NPID",
+    "pirl": "textcl.vision.methods.memory_bank:PIRL",
+    "moco": "textcl.vision.methods.moco:MoCo",
+    "swav": "textcl.vision.methods.swav:SwAV",
 }
 
 _RUNTIME: dict[str, type[Method]] = {}

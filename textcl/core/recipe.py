@@ -29,11 +29,14 @@ import json
 import os
 import re
 import typing
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from textcl.core.errors import RecipeError
 
 __all__ = [
     "EvalConfig",
@@ -44,15 +47,19 @@ __all__ = [
     "Recipe",
     "RecipeError",
     "TrainConfig",
+    "apply_overrides",
     "flat_config",
     "load_recipe",
+    "parse_config_yaml",
+    "read_config",
     "read_config_text",
     "resolve_input_path",
+    "substitute_env",
+    "validate_config",
 ]
 
 
-class RecipeError(Exception):
-    """A recipe problem, already phrased for the user."""
+_Model = TypeVar("_Model", bound=BaseModel)
 
 
 def resolve_input_path(value: str | Path) -> Path:
@@ -389,6 +396,59 @@ def _apply_override(data: dict[str, Any], keys: list[str], value: Any, item: str
     node[keys[-1]] = value
 
 
+def substitute_env(data: Any, source: str) -> Any:
+    """``data`` with ``${VAR}`` / ``${VAR:-default}`` replaced in every string (nested mappings
+    and lists too); ``RecipeError`` naming ``source`` and the key when a variable is unset."""
+    return _expand_env(data, "", source)
+
+
+def apply_overrides(data: dict[str, Any], overrides: Iterable[str], source: str) -> None:
+    """Apply ``--set KEY=VALUE`` items to ``data`` in place: dotted keys reach into (and create)
+    nested mappings, values are parsed as YAML (``1e-4`` a number, ``[a, b]`` a list)."""
+    for item in overrides:
+        keys, value = _parse_override(item, source)
+        _apply_override(data, keys, value, item, source)
+
+
+def parse_config_yaml(text: str, source: str, what: str = "recipe",
+                      keys: str = "method, model, data, ...") -> dict[str, Any]:
+    """The mapping the YAML ``text`` of a config file holds (an empty file: ``{}``).
+    ``RecipeError`` naming ``source`` when it is malformed (with line and column) or not a
+    mapping (``what``: the kind of file, ``keys``: its top-level keys, for the message)."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise RecipeError(f"{source}: malformed YAML{where}: {problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError(f"{source}: the {what} must be a mapping of keys ({keys})")
+    return data
+
+
+def read_config(path: str | Path, overrides: Iterable[str] = (), what: str = "recipe",
+                keys: str = "method, model, data, ...") -> dict[str, Any]:
+    """Read a YAML config file (a recipe, a pipeline config), apply ``--set`` overrides and
+    expand ``${VAR}``: the raw mapping, ready for ``validate_config``. Every problem raises
+    ``RecipeError`` naming the file (``read_config_text``, ``parse_config_yaml``)."""
+    source = str(path)
+    data = copy.deepcopy(parse_config_yaml(read_config_text(path, what), source, what, keys))
+    apply_overrides(data, overrides, source)
+    return substitute_env(data, source)
+
+
+def validate_config(model: type[_Model], data: Any, source: str) -> _Model:
+    """``model.model_validate(data)``; ``RecipeError`` with one line per problem naming
+    ``source`` and the key path (and, for an unknown key, the nearest valid one)."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(_format_errors(exc, model, source)) from None
+
+
 def _fields_at(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> list[str]:
     """Valid field names of the (nested) model at ``loc`` -- for 'did you mean'."""
     for part in loc:
@@ -440,28 +500,7 @@ def _format_errors(err: ValidationError, model: type[BaseModel], source: str, pr
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read, override, expand and validate a recipe file. Raises ``RecipeError``."""
     source = str(path)
-    text = read_config_text(path)
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise RecipeError(f"{source}: malformed YAML{where}: {problem}") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise RecipeError(f"{source}: the recipe must be a mapping of keys (method, model, data, ...)")
-    data = copy.deepcopy(data)
-    for item in overrides or []:
-        keys, value = _parse_override(item, source)
-        _apply_override(data, keys, value, item, source)
-    data = _expand_env(data, "", source)
-
-    try:
-        top = _TopLevel.model_validate(data)
-    except ValidationError as exc:
-        raise RecipeError(_format_errors(exc, _TopLevel, source)) from None
+    top = validate_config(_TopLevel, read_config(path, overrides or []), source)
 
     from textcl.core.method import get_method_class
 
@@ -470,19 +509,11 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     except KeyError as exc:
         raise RecipeError(f"{source}: method: {exc.args[0]}") from None
     sections = {"model": top.model, "data": top.data, "objective": top.objective}
-    try:
-        method_config = cls.config_class.model_validate(sections)
-    except ValidationError as exc:
-        raise RecipeError(_format_errors(exc, cls.config_class, source)) from None
+    method_config = validate_config(cls.config_class, sections, source)
     if top.train.mini_batch_size is not None:
-        from textcl.core.gradcache import supports_gradcache
+        from textcl.core.gradcache import check_gradcache_support
 
-        if not supports_gradcache(cls):
-            raise RecipeError(
-                f"{source}: train.mini_batch_size: method {top.method!r} does not implement the "
-                "GradCache protocol (embedding_inputs + loss_from_embeddings, see textcl.core.gradcache); "
-                "remove train.mini_batch_size"
-            )
+        check_gradcache_support(cls, name=top.method, source=source)
 
     resolved = {
         "method": top.method,

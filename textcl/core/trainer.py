@@ -17,15 +17,21 @@ With ``train.mini_batch_size`` every micro-step of an in-batch method is a GradC
 (``textcl.core.gradcache``): the method's forward is not called through the DDP wrapper;
 GradCache runs backward itself and averages gradients over processes on the last
 micro-step of each optimizer step.
+
+Reading order: ``fit`` -> ``_setup`` (seeds, data, run length, optimizer and scheduler,
+resume, trackers, progress bar) -> ``_train_epoch`` -> ``_train_step`` (``_forward_backward``
+per micro-batch, clipping, ``_optimizer_step``) -> ``_after_step`` (log record, checkpoint,
+evaluation, callbacks) -> ``_finish``. The run's length and lr schedule are in
+``textcl.core.schedule``, what it reports (bar, log window, ``log.jsonl``, trackers) in
+``textcl.core.runlog``, the GradCache checks in ``textcl.core.gradcache``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,10 +42,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from textcl.core import checkpoint
 from textcl.core.checkpoint import CheckpointError, LogWindow
-from textcl.core.gradcache import GradCache, supports_gradcache
+from textcl.core.device import accelerator_device, allow_tf32, reset_single_process_accelerate_state
+from textcl.core.gradcache import GradCache, gradcache_for_training
 from textcl.core.method import Method
-from textcl.core.optim import build_optimizer, lr_lambda
-from textcl.core.recipe import RecipeError, TrainConfig, flat_config
+from textcl.core.optim import build_optimizer
+from textcl.core.recipe import TrainConfig
+from textcl.core.runlog import TRACKING_DIR, RunLog
+from textcl.core.schedule import RunLength, build_scheduler
 
 __all__ = [
     "TRACKING_DIR", "CheckpointError", "NonFiniteLossError", "Trainer", "TrainerState", "TrainingDataError",
@@ -50,43 +59,12 @@ logger = logging.getLogger("textcl")
 Evaluator = Callable[[Method], dict[str, float]]
 
 
-#: Resolution of the time-based lr schedule (fraction of train.max_minutes).
-_TIME_TICKS = 100_000
-#: Epoch cap of a time-budgeted run that sets neither epochs nor max_steps.
-_UNBOUNDED_EPOCHS = 1_000_000
-#: Subdirectory of output_dir for the trackers' local files (``train.report_to``).
-TRACKING_DIR = "tracking"
-
-
 class NonFiniteLossError(RuntimeError):
     """Raised when the loss is NaN/inf; parameters are left at the last good step."""
 
 
 class TrainingDataError(ValueError):
     """The training data cannot fill a single batch."""
-
-
-def _reset_single_process_accelerate_state() -> None:
-    """Let a second Trainer in one process use another precision/device (notebooks, tests).
-
-    Accelerate keeps process-wide state and refuses a new ``mixed_precision`` once it is
-    set. In a single process nothing else depends on it, so it is reset; under a
-    distributed launch it stays, since it holds the process group.
-    """
-    from accelerate.state import AcceleratorState, PartialState
-
-    if PartialState._shared_state and PartialState().num_processes == 1:
-        AcceleratorState._reset_state(reset_partial_state=True)
-
-
-def _accelerator_device() -> bool:
-    """Whether torch sees a GPU-like device. Without one, Accelerate must be given
-    ``cpu=True``: otherwise, under ``torchrun``, it finds no backend for the processes and
-    each trains alone as rank 0 (``DistributedType.NO``), all writing the same output_dir."""
-    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6
-    if accelerator is not None and hasattr(accelerator, "is_available"):
-        return bool(accelerator.is_available())
-    return torch.cuda.is_available()
 
 
 @dataclass
@@ -115,6 +93,19 @@ class _IndexBatches(torch.utils.data.Sampler[list[int]]):
 
     def __len__(self) -> int:
         return len(self.batches)
+
+
+@dataclass
+class _FitRun:
+    """What ``Trainer._setup`` prepares for one ``fit``."""
+
+    dataset: Dataset
+    n: int  # examples in the dataset
+    length: RunLength  # when the run ends
+    cache: GradCache | None  # train.mini_batch_size: every micro-step is a GradCache step
+    manual: bool  # the method applies its update in forward: no backward / clipping / step
+    pin: bool  # pinned host memory for the loader (and non-blocking copies)
+    loader_gen: torch.Generator  # the DataLoader's own generator (its state checkpointed per epoch)
 
 
 class Trainer:
@@ -162,26 +153,30 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.run_config = run_config
         if accelerator is None:
-            _reset_single_process_accelerate_state()
+            reset_single_process_accelerate_state()
         self.accelerator = accelerator or Accelerator(
             mixed_precision=config.mixed_precision,
-            cpu=config.cpu or not _accelerator_device(),
+            cpu=config.cpu or not accelerator_device(),
             kwargs_handlers=[
                 DistributedDataParallelKwargs(find_unused_parameters=config.ddp_find_unused_parameters)
             ],
             log_with=list(config.report_to) or None,
             project_config=ProjectConfiguration(logging_dir=str(self.output_dir / TRACKING_DIR)),
         )
-        self._tracking = False
         self.state = TrainerState()
-        self.history: list[dict[str, Any]] = []
         self.last_checkpoint: Path | None = None
-        self._progress: Any = None
+        self._runlog = RunLog(self.accelerator, self.output_dir)  # history, log.jsonl, trackers, bar
+        self._run: _FitRun | None = None
 
     # ------------------------------------------------------------------ helpers
     @property
     def is_main(self) -> bool:
         return self.accelerator.is_main_process
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """The records this trainer wrote to ``log.jsonl`` (kept on every process)."""
+        return self._runlog.history
 
     def _epoch_batches(self, n: int, epoch: int) -> list[list[int]]:
         """This rank's micro-batches for ``epoch`` (drop-last, equal sizes on every rank)."""
@@ -202,7 +197,7 @@ class Trainer:
         final = self.checkpoint_dir / f"step_{self.state.step:08d}"
         checkpoint.save(
             self.accelerator, final, model=self.method, optimizer=self.optimizer, scheduler=self.scheduler,
-            position=self.state.state_dict(), loader_state=self._loader_epoch_state, window=self._window,
+            position=self.state.state_dict(), loader_state=self._loader_epoch_state, window=self._runlog.window,
             keep=self.config.keep_last_checkpoints,
         )
         self.last_checkpoint = final
@@ -216,48 +211,18 @@ class Trainer:
         back = checkpoint.load(self.accelerator, path, model=self.method, optimizer=self.optimizer,
                                scheduler=self.scheduler)
         self.state.load_state_dict(back.position)
-        self._loader_epoch_state, self._window, self.last_checkpoint = back.loader_state, back.window, path
+        self._loader_epoch_state, self._runlog.window, self.last_checkpoint = back.loader_state, back.window, path
         if self.is_main:  # drop log lines of the steps the resumed run will redo
             checkpoint.truncate_log(self.output_dir / "log.jsonl", self.state.step)
         logger.info("resumed from %s (step %d)", path, self.state.step)
 
     def _log(self, record: dict[str, Any]) -> None:
-        self.history.append(record)
-        if self.is_main:
-            with open(self.output_dir / "log.jsonl", "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(record) + "\n")
-            if self._tracking:
-                scalars = {k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float))}
-                self.accelerator.log(scalars, step=record["step"])
+        self._runlog.write(record)
 
-    def _start_tracking(self) -> None:
-        """Open ``train.report_to``'s trackers (main process only, as Accelerate's are).
-
-        The project is named after output_dir; the run config is the flattened recipe.
-        TensorBoard purges the events of earlier runs in the same directory from the first
-        step this run logs on, as ``log.jsonl`` drops those lines (resume: the steps past the
-        checkpoint; a fresh run: all), so both show each step once.
-        """
-        acc = self.accelerator
-        if not getattr(acc, "log_with", None) or not self.is_main:
-            return
-        tracking = self.output_dir / TRACKING_DIR
-        tracking.mkdir(parents=True, exist_ok=True)
-        init_kwargs = {"tensorboard": {"purge_step": self.state.step + 1}, "wandb": {"dir": str(tracking)}}
-        config = self.run_config if self.run_config is not None else {"train": self.config.model_dump(mode="json")}
-        acc.init_trackers(self.output_dir.resolve().name, config=flat_config(config), init_kwargs=init_kwargs)
-        self._tracking = True
-
-    def _end_tracking(self) -> None:
-        """Close the trackers: the trackers' half of ``accelerator.end_training()``, whose
-        other half (destroying the process group) would break the barriers that come
-        after training (saving the model, a second fit)."""
-        if not self._tracking:
-            return
-        self._tracking = False
-        for tracker in self.accelerator.trackers:
-            tracker.finish()
-        self.accelerator.trackers = []
+    def _log_eval(self, metrics: dict[str, float]) -> None:
+        if metrics:
+            self._log({"step": self.state.step, "train_seconds": self.state.train_seconds,
+                       **{f"eval/{k}": v for k, v in metrics.items()}})
 
     def evaluate(self) -> dict[str, float]:
         """Run the method's own ``evaluate`` and every evaluator (main process)."""
@@ -278,40 +243,27 @@ class Trainer:
         """Train to ``max_steps`` (or ``epochs``); returns the final evaluation metrics."""
         # TF32 is a process-wide switch: set for this run only, restored afterwards.
         try:
-            with _tf32(self.config.tf32):
+            with allow_tf32(self.config.tf32):
                 return self._fit(resume)
         finally:
             # Closed before an exception propagates: its message (the CLI prints it) then
             # stands on its own line instead of inside the bar, which tqdm would redraw.
-            if self._progress is not None:
-                self._progress.close()
-                self._progress = None
+            self._runlog.close_progress()
             # Also after an error: the tracker keeps the steps logged up to it.
-            self._end_tracking()
-
-    def _gradcache(self) -> GradCache | None:
-        """The GradCache runner for ``train.mini_batch_size`` (None without it)."""
-        cfg, acc = self.config, self.accelerator
-        if cfg.mini_batch_size is None:
-            return None
-        name = type(self.method).__name__
-        if not supports_gradcache(self.method):
-            raise RecipeError(
-                f"train.mini_batch_size: method {self.method.name or name!r} does not implement the GradCache "
-                "protocol (embedding_inputs + loss_from_embeddings, see textcl.core.gradcache); remove "
-                "train.mini_batch_size"
-            )
-        if getattr(self.method, "updates_in_forward", False):
-            raise RecipeError(f"train.mini_batch_size: {name} applies its update in forward; remove train.mini_batch_size")
-        if acc.distributed_type.name in ("DEEPSPEED", "FSDP", "MEGATRON_LM", "XLA"):
-            raise RecipeError(
-                f"train.mini_batch_size: GradCache runs single-process or under DDP, not under "
-                f"{acc.distributed_type.name}; remove train.mini_batch_size or launch with plain DDP"
-            )
-        return GradCache(self.method, cfg.mini_batch_size, autocast=acc.autocast, backward=acc.backward)
+            self._runlog.end_tracking()
+            self._run = None  # the run's data and GradCache are not kept past fit
 
     def _fit(self, resume: bool) -> dict[str, float]:
-        from accelerate.utils import send_to_device, set_seed
+        run = self._run = self._setup(resume)
+        while not run.length.reached(self.state):
+            if not self._train_epoch(run):
+                break  # max_steps or the time budget reached inside the epoch
+        return self._finish()
+
+    # ---- setup
+    def _setup(self, resume: bool) -> _FitRun:
+        """Seeds, data, run length, optimizer + scheduler, resume, trackers, progress bar."""
+        from accelerate.utils import set_seed
 
         from textcl.core.distributed import rank_seed
 
@@ -324,214 +276,193 @@ class Trainer:
 
         dataset: Dataset = self.method.train_dataset()
         n = len(dataset)  # type: ignore[arg-type]
-        global_batch = cfg.batch_size * acc.num_processes * cfg.gradient_accumulation_steps
-        steps_per_epoch = (n // (cfg.batch_size * acc.num_processes)) // cfg.gradient_accumulation_steps
-        if steps_per_epoch == 0:
+        length = RunLength.of(cfg, self._steps_per_epoch(n))
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        cache = None
+        if cfg.mini_batch_size is not None:
+            cache = gradcache_for_training(self.method, cfg.mini_batch_size, acc)
+        self._prepare_optimization(length, resume)
+        # A dedicated generator for the DataLoader: creating an iterator must not consume
+        # the global torch RNG, or a resumed run's dropout masks would diverge. Its state at
+        # the start of the epoch is checkpointed (worker seeds are drawn from it).
+        loader_gen = torch.Generator().manual_seed(self.seed)
+        self._loader_epoch_state = loader_gen.get_state()
+        self._runlog.window = LogWindow(start=time.perf_counter())
+        if resume:
+            self._resume()
+            loader_gen.set_state(self._loader_epoch_state)
+        elif self.is_main and (self.output_dir / "log.jsonl").exists():
+            (self.output_dir / "log.jsonl").unlink()
+        run_config = self.run_config if self.run_config is not None else {"train": cfg.model_dump(mode="json")}
+        self._runlog.start_tracking(self.state.step, run_config)
+
+        self.method.on_train_start(self)
+        self.model.train()
+        # A method whose forward applies its own update: no backward / clipping / step.
+        manual = bool(getattr(self.method, "updates_in_forward", False))
+        pin = cfg.pin_memory if cfg.pin_memory is not None else cfg.num_workers > 0
+        pin = pin and acc.device.type == "cuda"  # pinned host memory only helps copies to a GPU
+        self._runlog.open_progress(None if length.by_time else length.max_steps, self.state.step)
+        return _FitRun(dataset, n, length, cache, manual, pin, loader_gen)
+
+    def _steps_per_epoch(self, n: int) -> int:
+        """Optimizer steps in an epoch of ``n`` examples; ``TrainingDataError`` when none."""
+        cfg, world = self.config, self.accelerator.num_processes
+        global_batch = cfg.batch_size * world * cfg.gradient_accumulation_steps
+        steps = (n // (cfg.batch_size * world)) // cfg.gradient_accumulation_steps
+        if steps == 0:
             raise TrainingDataError(
                 f"the training data has {n} examples, fewer than one optimizer step needs "
-                f"(batch_size {cfg.batch_size} x {acc.num_processes} processes x "
+                f"(batch_size {cfg.batch_size} x {world} processes x "
                 f"gradient_accumulation_steps {cfg.gradient_accumulation_steps} = {global_batch}); "
                 "add data or lower train.batch_size"
             )
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        budget = cfg.max_minutes * 60 if cfg.max_minutes else None
-        epochs = cfg.epochs
-        if budget is not None and cfg.max_steps is None and "epochs" not in cfg.model_fields_set:
-            # A time budget without an explicit epoch count means "train for that long":
-            # the default of 1 epoch must not end a small corpus's run after a minute.
-            epochs = _UNBOUNDED_EPOCHS
-        max_steps = cfg.max_steps or epochs * steps_per_epoch
-        # A time budget without max_steps: the schedule runs on the elapsed fraction of
-        # the budget, so warmup and decay fit whatever number of steps the budget allows
-        # (epochs cap it only when the recipe sets them).
-        self._time_schedule = budget is not None and cfg.max_steps is None
-        warmup = cfg.warmup_steps or int(round(cfg.warmup_ratio * max_steps))
+        return steps
 
-        cache = self._gradcache()
+    def _prepare_optimization(self, length: RunLength, resume: bool) -> None:
+        """Compile, build the optimizer and lr scheduler, ``accelerator.prepare``."""
+        cfg, acc = self.config, self.accelerator
         if cfg.compile:
             for module in self.method.compile_modules():
                 module.compile()
         optimizer = self.method.configure_optimizer(cfg)
         if optimizer is None:
             optimizer = build_optimizer(self.method.parameter_groups(cfg.weight_decay), cfg)
-        if self._time_schedule:
-            assert budget is not None
-            by_time = lr_lambda(cfg.scheduler, _TIME_TICKS, int(round(cfg.warmup_ratio * _TIME_TICKS)), cfg.min_lr_ratio)
-
-            def factor(_: int) -> float:
-                tick = min(_TIME_TICKS, int(self.state.train_seconds / budget * _TIME_TICKS))
-                warm = min(1.0, (self.state.step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
-                return warm * by_time(tick)
-
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        else:
-            scheduler = torch.optim.lr_scheduler.LambdaLR(
-                optimizer, lr_lambda(cfg.scheduler, max_steps, warmup, cfg.min_lr_ratio)
-            )
-        model, optimizer = acc.prepare(self.method, optimizer)
-        self.optimizer, self.scheduler, self.model = optimizer, scheduler, model
+        self.scheduler = build_scheduler(optimizer, cfg, length, self.state)
+        self.model, self.optimizer = acc.prepare(self.method, optimizer)
         if cfg.save_every_n_steps or resume:
             checkpoint.check_supported(acc)
-        # A dedicated generator for the DataLoader: creating an iterator must not consume
-        # the global torch RNG, or a resumed run's dropout masks would diverge. Its state at
-        # the start of the epoch is checkpointed (worker seeds are drawn from it).
-        loader_gen = torch.Generator().manual_seed(self.seed)
-        self._loader_epoch_state = loader_gen.get_state()
-        self._window = LogWindow(start=time.perf_counter())
 
-        if resume:
-            self._resume()
-            loader_gen.set_state(self._loader_epoch_state)
-        elif self.is_main and (self.output_dir / "log.jsonl").exists():
-            (self.output_dir / "log.jsonl").unlink()
-        self._start_tracking()
+    # ---- an epoch, a step
+    def _train_epoch(self, run: _FitRun) -> bool:
+        """The rest of the current epoch; False when the run ended inside it."""
+        cfg, epoch = self.config, self.state.epoch
+        if hasattr(run.dataset, "set_epoch"):
+            run.dataset.set_epoch(epoch)
+        self.method.on_epoch_start(epoch)
+        batches = self._epoch_batches(run.n, epoch)[self.state.batch_in_epoch :]
+        self._loader_epoch_state = run.loader_gen.get_state()
+        loader = DataLoader(
+            run.dataset,
+            batch_sampler=_IndexBatches(batches),
+            collate_fn=self.method.collate,
+            num_workers=cfg.num_workers,
+            generator=run.loader_gen,
+            pin_memory=run.pin,
+        )
+        micro_batches = iter(loader)
+        for _ in range(len(batches) // cfg.gradient_accumulation_steps):
+            if run.length.reached(self.state):
+                return False
+            metrics, examples, lr = self._train_step(run, micro_batches)
+            self._after_step(run, metrics, examples, lr)
+        # The epoch's batches are exhausted: on to the next epoch.
+        self.method.on_epoch_end(epoch)
+        self.state.epoch += 1
+        self.state.batch_in_epoch = 0
+        return True
 
-        self.method.on_train_start(self)
-        model.train()
+    def _train_step(self, run: _FitRun, micro_batches: Iterator[Any]) -> tuple[dict[str, float], int, float]:
+        """One optimizer step over ``gradient_accumulation_steps`` micro-batches.
+
+        Returns the step's metrics (means over its micro-batches, plus ``grad_norm`` when
+        clipping), the examples it saw on this process and the lr it used."""
+        from accelerate.utils import send_to_device
+
+        cfg, acc = self.config, self.accelerator
         accum = cfg.gradient_accumulation_steps
-        # A method whose forward applies its own update: no backward / clipping / step.
-        manual = bool(getattr(self.method, "updates_in_forward", False))
-        progress = None
-        if self.is_main:
-            from tqdm.auto import tqdm
+        step_start = time.perf_counter()
+        metrics: dict[str, float] = {}
+        examples = 0
+        for micro in range(accum):
+            batch = send_to_device(next(micro_batches), acc.device, non_blocking=run.pin)
+            examples += self.method.examples_in(batch)
+            out = self._forward_backward(run, batch, sync=micro == accum - 1)
+            for key, value in out.items():
+                v = float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
+                metrics[key] = metrics.get(key, 0.0) + v / accum
+            self.state.batch_in_epoch += 1
+        self.method.before_optimizer_step(self.state.step)
+        if not run.manual and cfg.max_grad_norm is not None and acc.sync_gradients:
+            grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+            if grad_norm is not None:
+                metrics["grad_norm"] = float(grad_norm)
+        lr = self.scheduler.get_last_lr()[0]
+        self._optimizer_step(run, step_start)
+        return metrics, examples, lr
 
-            progress = self._progress = tqdm(
-                total=None if self._time_schedule else max_steps, initial=self.state.step,
-                desc="train", unit="step", dynamic_ncols=True,
-            )
+    def _forward_backward(self, run: _FitRun, batch: Any, sync: bool) -> dict[str, Any]:
+        """One micro-batch: forward, non-finite check, backward (gradients are averaged
+        across processes only when ``sync``, on the last micro-batch of a step)."""
+        acc, accum = self.accelerator, self.config.gradient_accumulation_steps
+        with nullcontext() if sync else acc.no_sync(self.model):
+            if run.cache is not None:
+                # GradCache does its own backward (and, on the last micro-step,
+                # the cross-process gradient average); see core/gradcache.py.
+                return run.cache.step(batch, accumulation_steps=accum, sync_gradients=sync,
+                                      check_loss=self._check_finite)
+            out = self.model(batch)
+            self._check_finite(out["loss"])
+            if not run.manual:
+                acc.backward(out["loss"] / accum)
+            return out
 
-        def check_finite(loss: torch.Tensor) -> None:
-            finite = torch.tensor(float(torch.isfinite(loss.detach()).all()), device=acc.device)
-            if acc.num_processes > 1:
-                finite = acc.reduce(finite, reduction="sum") / acc.num_processes
-            if finite.item() < 1.0:
-                self._non_finite(loss, applied=manual)
+    def _check_finite(self, loss: torch.Tensor) -> None:
+        """``NonFiniteLossError`` when the loss is NaN/inf on any process."""
+        acc = self.accelerator
+        finite = torch.tensor(float(torch.isfinite(loss.detach()).all()), device=acc.device)
+        if acc.num_processes > 1:
+            finite = acc.reduce(finite, reduction="sum") / acc.num_processes
+        if finite.item() < 1.0:
+            self._non_finite(loss, applied=bool(self._run and self._run.manual))
 
-        win = self._window
+    def _optimizer_step(self, run: _FitRun, step_start: float) -> None:
+        """Optimizer and lr-scheduler step, hooks; the step's time goes into ``train_seconds``."""
+        acc = self.accelerator
+        if not run.manual:
+            self.optimizer.step()
+        # Count this step's time before scheduler.step(): a time-based schedule
+        # sets the next step's lr from the training time elapsed so far.
+        now = time.perf_counter()
+        self.state.train_seconds += now - step_start
+        step_start = now
+        if not run.manual:
+            self.scheduler.step()
+        else:
+            with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()"
+                warnings.simplefilter("ignore", UserWarning)
+                self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.step += 1
+        self.method.after_optimizer_step(self.state.step)
+        self.state.train_seconds += time.perf_counter() - step_start
+        if run.length.budget is not None and acc.num_processes > 1:
+            # Ranks must agree on when the budget ends, or one would wait forever.
+            secs = torch.tensor(self.state.train_seconds, device=acc.device, dtype=torch.float64)
+            self.state.train_seconds = float(acc.reduce(secs, reduction="max"))
 
-        def finished() -> bool:
-            over = budget is not None and self.state.train_seconds >= budget
-            return self.state.step >= max_steps or over
+    def _after_step(self, run: _FitRun, metrics: dict[str, float], examples: int, lr: float) -> None:
+        """Log window and bar, log record, checkpoint, evaluation, callbacks."""
+        cfg, step = self.config, self.state.step
+        done = run.length.reached(self.state)
+        self._runlog.add_step(metrics, examples, lr)
+        if step % cfg.log_every_n_steps == 0 or done:
+            self._runlog.write_window(step, self.state.epoch, lr, self.state.train_seconds)
+        if cfg.save_every_n_steps and (step % cfg.save_every_n_steps == 0 or done):
+            self._save_checkpoint()
+        if self.eval_every_n_steps and step % self.eval_every_n_steps == 0 and not done:
+            self._log_eval(self.evaluate())
+        for cb in self.callbacks:
+            if hasattr(cb, "on_step_end"):
+                cb.on_step_end(self)
 
-        while not finished():
-            epoch = self.state.epoch
-            if hasattr(dataset, "set_epoch"):
-                dataset.set_epoch(epoch)
-            self.method.on_epoch_start(epoch)
-            batches = self._epoch_batches(n, epoch)[self.state.batch_in_epoch :]
-            pin = cfg.pin_memory if cfg.pin_memory is not None else cfg.num_workers > 0
-            pin = pin and acc.device.type == "cuda"  # pinned host memory only helps copies to a GPU
-            self._loader_epoch_state = loader_gen.get_state()
-            loader = DataLoader(
-                dataset,
-                batch_sampler=_IndexBatches(batches),
-                collate_fn=self.method.collate,
-                num_workers=cfg.num_workers,
-                generator=loader_gen,
-                pin_memory=pin,
-            )
-            it = iter(loader)
-            for _ in range(len(batches) // accum):
-                if finished():
-                    break
-                step_start = time.perf_counter()
-                step_metrics: dict[str, float] = {}
-                examples = 0
-                for micro in range(accum):
-                    batch = send_to_device(next(it), acc.device, non_blocking=pin)
-                    examples += self.method.examples_in(batch)
-                    sync = micro == accum - 1
-                    with nullcontext() if sync else acc.no_sync(model):
-                        if cache is not None:
-                            # GradCache does its own backward (and, on the last micro-step,
-                            # the cross-process gradient average); see core/gradcache.py.
-                            out = cache.step(batch, accumulation_steps=accum, sync_gradients=sync,
-                                             check_loss=check_finite)
-                        else:
-                            out = model(batch)
-                            check_finite(out["loss"])
-                            if not manual:
-                                acc.backward(out["loss"] / accum)
-                    for key, value in out.items():
-                        v = float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
-                        step_metrics[key] = step_metrics.get(key, 0.0) + v / accum
-                    self.state.batch_in_epoch += 1
-                self.method.before_optimizer_step(self.state.step)
-                if not manual and cfg.max_grad_norm is not None and acc.sync_gradients:
-                    grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                    if grad_norm is not None:
-                        step_metrics["grad_norm"] = float(grad_norm)
-                lr = scheduler.get_last_lr()[0]
-                if not manual:
-                    optimizer.step()
-                # Count this step's time before scheduler.step(): a time-based schedule
-                # sets the next step's lr from the training time elapsed so far.
-                now = time.perf_counter()
-                self.state.train_seconds += now - step_start
-                step_start = now
-                if not manual:
-                    scheduler.step()
-                else:
-                    with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()"
-                        warnings.simplefilter("ignore", UserWarning)
-                        scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                self.state.step += 1
-                self.method.after_optimizer_step(self.state.step)
-                self.state.train_seconds += time.perf_counter() - step_start
-                if budget is not None and acc.num_processes > 1:
-                    # Ranks must agree on when the budget ends, or one would wait forever.
-                    secs = torch.tensor(self.state.train_seconds, device=acc.device, dtype=torch.float64)
-                    self.state.train_seconds = float(acc.reduce(secs, reduction="max"))
-                done = finished()
-
-                for key, value in step_metrics.items():
-                    win.sums[key] = win.sums.get(key, 0.0) + value
-                win.steps += 1
-                win.examples += examples * acc.num_processes
-                if progress is not None:
-                    progress.update(1)
-                    progress.set_postfix(loss=f"{step_metrics['loss']:.4f}", lr=f"{lr:.2e}")
-
-                step = self.state.step
-                if step % cfg.log_every_n_steps == 0 or done:
-                    elapsed = time.perf_counter() - win.start
-                    record = {"step": step, "epoch": epoch, "lr": lr, "train_seconds": self.state.train_seconds}
-                    for key, value in win.sums.items():
-                        mean = torch.tensor(value / win.steps, device=acc.device)
-                        if acc.num_processes > 1:
-                            mean = acc.reduce(mean, reduction="mean")
-                        record[key] = float(mean)
-                    record["examples_per_sec"] = win.examples / max(elapsed, 1e-9)
-                    self._log(record)
-                    win = self._window = LogWindow(start=time.perf_counter())
-                if cfg.save_every_n_steps and (step % cfg.save_every_n_steps == 0 or done):
-                    self._save_checkpoint()
-                if self.eval_every_n_steps and step % self.eval_every_n_steps == 0 and not done:
-                    metrics = self.evaluate()
-                    if metrics:
-                        self._log({"step": step, "train_seconds": self.state.train_seconds,
-                                   **{f"eval/{k}": v for k, v in metrics.items()}})
-                for cb in self.callbacks:
-                    if hasattr(cb, "on_step_end"):
-                        cb.on_step_end(self)
-            else:
-                # Epoch's batches exhausted: move to the next epoch.
-                self.method.on_epoch_end(epoch)
-                self.state.epoch += 1
-                self.state.batch_in_epoch = 0
-                continue
-            break  # max_steps or the time budget reached inside the epoch
-
-        if progress is not None:
-            progress.close()
-            self._progress = None
-        model.eval()
+    def _finish(self) -> dict[str, float]:
+        """Close the bar; the final evaluation, logged as the last record."""
+        self._runlog.close_progress()
+        self.model.eval()
         metrics = self.evaluate()
-        if metrics:
-            self._log({"step": self.state.step, "train_seconds": self.state.train_seconds,
-                       **{f"eval/{k}": v for k, v in metrics.items()}})
+        self._log_eval(metrics)
         return metrics
 
     def _non_finite(self, loss: torch.Tensor, applied: bool = False) -> None:
@@ -547,23 +478,3 @@ class Trainer:
             f"{when}, {where}. Try a lower train.lr, train.max_grad_norm, or "
             f"train.mixed_precision: no."
         )
-
-
-class _tf32:
-    """Context: ``train.tf32`` lets CUDA float32 matmuls and convolutions use TF32 tensor
-    cores (Ampere and later); restores the previous flags. No effect on CPU."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-
-    def __enter__(self) -> None:
-        if self.enabled:
-            # The legacy flags, not torch.backends.*.fp32_precision: mixing the two APIs
-            # makes torch.get_float32_matmul_precision() raise in torch >= 2.9.
-            self.saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
-
-    def __exit__(self, *exc: object) -> None:
-        if self.enabled:
-            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = self.saved

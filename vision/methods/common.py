@@ -4,7 +4,7 @@ output, and the MLP projection head. (InfoNCE with excluded candidates is the co
 
 A vision ``Method`` receives batches ``{"images": uint8 (B, H, W, 3), "index": (B,)}``
 (uint8 moves to the device 4x cheaper than float) and augments them there, in
-``forward``, with the batched ops of ``vision.augment``, keyed per image by
+``forward``, with the batched ops of ``textcl.vision.augment``, keyed per image by
 ``example_keys`` = (seed, epoch, dataset index): an image's views do not depend on the
 batch, the process or the number of processes it is trained in (the randomness contract
 in ``textcl.core.distributed``).
@@ -21,9 +21,9 @@ from torch import Tensor, nn
 
 from textcl.core.distributed import gather_no_grad, random_keys
 from textcl.core.method import Method, MethodConfig
-from vision.backbones import BackboneConfig, build_backbone, save_backbone
-from vision.data import DataConfig, ImageDataset, ImageSplits, load_splits
-from vision.evaluate import extract_features, knn_accuracy
+from textcl.vision.backbones import BackboneConfig, build_backbone, save_backbone
+from textcl.vision.data import DataConfig, ImageDataset, ImageSplits, load_splits
+from textcl.vision.evaluate import extract_features, knn_accuracy
 
 __all__ = ["VisionConfig", "VisionMethod", "VisionObjective", "projection_mlp"]
 
@@ -106,7 +106,7 @@ class VisionMethod(Method):
 
     def example_keys(self, batch: dict[str, Tensor]) -> Tensor:
         """One int64 key per image, from (seed, epoch, dataset index): the same on whichever
-        process and in whichever batch the image is; ``vision.augment`` draws from it."""
+        process and in whichever batch the image is; ``textcl.vision.augment`` draws from it."""
         return random_keys(self.seed, AUGMENT_STREAM, self.epoch, batch["index"])
 
     def batch_key(self, batch: dict[str, Tensor], draw: int = 0) -> Tensor:
@@ -132,7 +132,7 @@ class VisionMethod(Method):
 
     def images(self, batch: dict[str, Tensor]) -> Tensor:
         """The batch as float ``(B, 3, H, W)`` in [0, 1] on the device."""
-        from vision.augment import to_float
+        from textcl.vision.augment import to_float
 
         return to_float(batch["images"])
 
@@ -182,8 +182,8 @@ def render_vision_card(info: dict[str, Any]) -> str:
                 "", "| Metric | Value |", "|---|---|"]
         out += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]
         out.append("")
-    out += ["## Usage", "", "```python", "from vision.backbones import load_backbone",
-            "from vision.augment import normalize, to_float", "",
+    out += ["## Usage", "", "```python", "from textcl.vision.backbones import load_backbone",
+            "from textcl.vision.augment import normalize, to_float", "",
             'backbone = load_backbone("path/to/this/model")',
             "features = backbone(normalize(to_float(uint8_images)))  # (N, H, W, 3) uint8 -> (N, dim)",
             "```", ""]

@@ -31,8 +31,8 @@ from torch import Tensor, nn
 from textcl.core.distributed import is_distributed, random_keys
 from textcl.core.losses import info_nce, retrieval_top1
 from textcl.core.memory_bank import MemoryBank
-from vision.augment import AugmentConfig, Jigsaw, ViewAugment
-from vision.methods.common import (
+from textcl.vision.augment import AugmentConfig, Jigsaw, ViewAugment
+from textcl.vision.methods.common import (
     VisionConfig,
     VisionMethod,
     VisionObjective,
@@ -151,7 +151,7 @@ class _BankMethod(VisionMethod):
     def initial_features(self, batch_size: int = 512) -> Tensor:
         """``embed`` of every (un-augmented) training image, BN in training mode as in the
         training forward."""
-        from vision.augment import normalize, to_float
+        from textcl.vision.augment import normalize, to_float
 
         dev, was_training = self.bank.bank.device, self.training
         self.train()

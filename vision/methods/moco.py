@@ -43,8 +43,8 @@ from textcl.core.distributed import gather_no_grad, random_keys, rank, world_siz
 from textcl.core.losses import info_nce, retrieval_top1
 from textcl.core.momentum import momentum_copy, update_momentum
 from textcl.core.queue import FeatureQueue
-from vision.augment import AugmentConfig, ViewAugment
-from vision.methods.common import (
+from textcl.vision.augment import AugmentConfig, ViewAugment
+from textcl.vision.methods.common import (
     VisionConfig,
     VisionMethod,
     VisionObjective,

@@ -17,8 +17,8 @@ from torch import Tensor
 
 from textcl.core.distributed import batch_offset, gather_with_grad
 from textcl.core.losses import info_nce, retrieval_top1
-from vision.augment import AugmentConfig, ViewAugment
-from vision.methods.common import (
+from textcl.vision.augment import AugmentConfig, ViewAugment
+from textcl.vision.methods.common import (
     VisionConfig,
     VisionMethod,
     VisionObjective,

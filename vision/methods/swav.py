@@ -24,8 +24,8 @@ from torch import Tensor, nn
 
 from textcl.core.distributed import is_distributed, world_size
 from textcl.core.queue import FeatureQueue
-from vision.augment import AugmentConfig, MultiCrop
-from vision.methods.common import VisionConfig, VisionMethod, VisionObjective, projection_mlp
+from textcl.vision.augment import AugmentConfig, MultiCrop
+from textcl.vision.methods.common import VisionConfig, VisionMethod, VisionObjective, projection_mlp
 
 __all__ = ["SwAV", "SwAVConfig", "sinkhorn", "swapped_prediction"]
 
