@@ -1,7 +1,7 @@
 """What every transformer text objective shares: the encoder, recipe plumbing, the auxiliary
 MLM term, the GradCache-shaped ``forward``, held-out metrics and the saved model.
 
-A text objective (as :class:`vision.methods.common.VisionMethod` is for vision) subclasses
+A text objective (as :class:`textcl.vision.methods.common.VisionMethod` is for vision) subclasses
 :class:`TextMethod` and keeps only what is its own:
 
 * ``name`` (registry name), ``citation``, ``title`` (model-card line) and ``config_class``:
