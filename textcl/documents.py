@@ -674,35 +674,26 @@ class _DocumentTable:
         self._tokens: dict[str, ArrowLists] = {}
 
 
-class DocumentCorpus(Sequence[Document]):
-    """Documents of an Arrow dataset, read when asked for: ``corpus[i]`` is a
-    :class:`Document`, iteration reads in batches. A view (``take``, slices,
-    :func:`held_out_split`) shares the dataset and holds only its row numbers."""
+class RowView(Sequence[Any]):
+    """A view of some rows of an Arrow-backed table: it holds the table and the row numbers
+    only. Subclasses read one item (``_item``) and iterate in batches; slicing and
+    :meth:`take` give a view of the same class, and equality compares items, so a view
+    equals the list of documents it stands for."""
 
-    def __init__(self, table: _DocumentTable, rows: np.ndarray):
+    def __init__(self, table: Any, rows: np.ndarray):
         self.table = table
         self.rows = np.asarray(rows, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def _document(self, row: int) -> Document:
-        t = self.table
-        text = t.texts[row][t.text_field]
-        return Document(t.ids[row]["id"], text if isinstance(text, str) else "")
+    def _item(self, row: int) -> Any:
+        raise NotImplementedError
 
     def __getitem__(self, i: Any) -> Any:
         if isinstance(i, slice):
-            return DocumentCorpus(self.table, self.rows[i])
-        return self._document(int(self.rows[i]))
-
-    def __iter__(self) -> Iterator[Document]:
-        t = self.table
-        for start in range(0, len(self.rows), 256):
-            rows = self.rows[start : start + 256].tolist()
-            texts, ids = t.texts[rows][t.text_field], t.ids[rows]["id"]
-            for doc_id, text in zip(ids, texts):
-                yield Document(doc_id, text if isinstance(text, str) else "")
+            return type(self)(self.table, self.rows[i])
+        return self._item(int(self.rows[i]))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Sequence) or isinstance(other, str):
@@ -712,11 +703,32 @@ class DocumentCorpus(Sequence[Document]):
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        return f"DocumentCorpus({len(self)} documents)"
+        return f"{type(self).__name__}({len(self)} documents)"
 
-    def take(self, selection: Any) -> DocumentCorpus:
-        """The view of ``selection`` (a boolean mask or positions) of this view's documents."""
-        return DocumentCorpus(self.table, self.rows[np.asarray(selection)])
+    def take(self, selection: Any) -> Any:
+        """The view of ``selection`` (a boolean mask or positions) of this view's rows."""
+        return type(self)(self.table, self.rows[np.asarray(selection)])
+
+
+class DocumentCorpus(RowView):
+    """Documents of an Arrow dataset, read when asked for: ``corpus[i]`` is a
+    :class:`Document`, iteration reads in batches. A view (``take``, slices,
+    :func:`held_out_split`) shares the dataset and holds only its row numbers."""
+
+    table: _DocumentTable
+
+    def _item(self, row: int) -> Document:
+        t = self.table
+        text = t.texts[row][t.text_field]
+        return Document(t.ids[row]["id"], text if isinstance(text, str) else "")
+
+    def __iter__(self) -> Iterator[Document]:
+        t = self.table
+        for start in range(0, len(self.rows), 256):
+            rows = self.rows[start : start + 256].tolist()
+            texts, ids = t.texts[rows][t.text_field], t.ids[rows]["id"]
+            for doc_id, text in zip(ids, texts):
+                yield Document(doc_id, text if isinstance(text, str) else "")
 
     def split_keys(self) -> np.ndarray:
         """:func:`split_key` of each document's id (float64, one per document of the view)."""

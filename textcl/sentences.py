@@ -58,6 +58,7 @@ from textcl.documents import (
     ArrowInts,
     ArrowLists,
     DataError,
+    RowView,
     _features,
     cached_map,
     check_data_file,
@@ -321,43 +322,22 @@ class _SentenceTable:
         return self._rows
 
 
-class SentenceDocuments(Sequence[SentenceDocument]):
+class SentenceDocuments(RowView):
     """Sentence-split documents in Arrow, read when asked for: ``docs[i]`` is a
     :class:`SentenceDocument`; iteration reads in batches. A view (``take``, slices,
     :func:`~textcl.documents.held_out_split`) shares the dataset and holds its row numbers."""
 
-    def __init__(self, table: _SentenceTable, rows: np.ndarray):
-        self.table = table
-        self.rows = np.asarray(rows, dtype=np.int64)
+    table: _SentenceTable
 
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: Any) -> Any:
-        if isinstance(i, slice):
-            return SentenceDocuments(self.table, self.rows[i])
-        row = self.table.rows[int(self.rows[i])]
-        return SentenceDocument(row["id"], list(row["sentences"]))
+    def _item(self, row: int) -> SentenceDocument:
+        item = self.table.rows[row]
+        return SentenceDocument(item["id"], list(item["sentences"]))
 
     def __iter__(self) -> Iterator[SentenceDocument]:
         for start in range(0, len(self.rows), 256):
             batch = self.table.rows[self.rows[start : start + 256].tolist()]
             for doc_id, sentences in zip(batch["id"], batch["sentences"]):
                 yield SentenceDocument(doc_id, list(sentences))
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Sequence) or isinstance(other, str):
-            return NotImplemented
-        return len(self) == len(other) and all(a == b for a, b in zip(self, other))
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return f"SentenceDocuments({len(self)} documents)"
-
-    def take(self, selection: Any) -> SentenceDocuments:
-        """The view of ``selection`` (a boolean mask or positions) of this view's documents."""
-        return SentenceDocuments(self.table, self.rows[np.asarray(selection)])
 
     @property
     def lengths(self) -> np.ndarray:
