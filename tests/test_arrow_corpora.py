@@ -207,7 +207,9 @@ def test_corpus_scale_benchmark_on_a_tiny_corpus(tmp_path, small_documents, monk
     work.mkdir()
     row = corpus_scale.train_run("nsp", str(src), 2, 1, str(corpus_scale.tiny_model(work / "tiny")), work)
     assert row["time_to_first_step_s"] > 0 and row["peak_rss_at_last_step"]["step"] == 2
-    assert 100 < row["peak_rss_at_last_step"]["vm_hwm_mb"] <= row["peak_rss_at_exit"]["vm_hwm_mb"]
+    # The kernel syncs per-thread RSS counters lazily, so two VmHWM readings of one process can
+    # be out of order by a few pages: allow 8 MiB.
+    assert 100 < row["peak_rss_at_last_step"]["vm_hwm_mb"] <= row["peak_rss_at_exit"]["vm_hwm_mb"] + 8
 
     # The whole report (measured in this process: the test checks its fields, not its numbers).
     out = tmp_path / "corpus_scale.json"
