@@ -58,6 +58,7 @@ __all__ = [
     "Normalize",
     "Vocabulary",
     "chunk_boundaries",
+    "cut_at_chunk_grid",
     "iter_sentences",
     "load_corpus",
     "moses_tokenize_line",
@@ -312,6 +313,9 @@ def load_corpus(
 ) -> Corpus:
     """Read a corpus once: count words, build the vocabulary, encode the tokens.
 
+    A line of more than ``max_sentence_length`` words is read as consecutive sentences of
+    at most that many (counted before the vocabulary filter, as gensim's ``LineSentence``).
+
     Raises ``DataError`` (naming the file and the fix) when the corpus has no words or no
     word reaches ``min_count``, and (naming the line) when the file is missing, empty,
     binary, not UTF-8, broken gzip or not JSON lines.
@@ -388,13 +392,43 @@ def load_corpus(
     )
 
 
+def cut_at_chunk_grid(offsets: np.ndarray, chunk_words: int) -> np.ndarray:
+    """``offsets`` with the long sentences cut where they cross the chunk grid.
+
+    The grid is the word positions ``k * chunk_words`` of the token stream. A sentence
+    longer than ``chunk_words // 4`` words is cut at every grid position strictly inside
+    it; shorter sentences are left whole (so a corpus of ordinary sentences -- all shorter
+    than a quarter chunk -- comes back unchanged, as the same array). With the result,
+    :func:`chunk_boundaries` gives chunks of more than ``0.75 * chunk_words`` and less than
+    ``1.25 * chunk_words`` words (the last may be shorter), whatever the line lengths.
+    Without the cut a chunk holds up to ``chunk_words + max_sentence_length - 1`` words: two
+    ~10,000-word pieces of a single-line corpus fell into one 10,000-word chunk, a step of
+    twice the pairs. Each cut loses the pairs that would cross it (at most ``window *
+    (window + 1)``), as any sentence end does.
+    """
+    offsets = np.asarray(offsets, dtype=np.int64)
+    size = max(1, int(chunk_words))
+    starts, ends = offsets[:-1], offsets[1:]
+    first = starts // size + 1  # first grid line after the sentence's first word
+    last = (ends - 1) // size  # last grid line before its end
+    cuts = np.where(ends - starts > size // 4, np.maximum(last - first + 1, 0), 0)
+    total = int(cuts.sum())
+    if total == 0:
+        return offsets
+    # Grid line indices first[i], first[i] + 1, ... (cuts[i] of them) per sentence i.
+    step = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(cuts) - cuts, cuts)
+    grid = (np.repeat(first, cuts) + step) * size
+    return np.sort(np.concatenate([offsets, grid]))  # grid lines lie strictly inside sentences
+
+
 def chunk_boundaries(offsets: np.ndarray, chunk_words: int) -> np.ndarray:
     """Sentence indices cutting a corpus into chunks of about ``chunk_words`` words.
 
     Chunk ``k`` holds the sentences starting in words ``[k * chunk_words, (k + 1) *
     chunk_words)``, so every chunk (except the last) has ``chunk_words`` words give or
-    take one sentence, and sentences are never cut. Returns ``bounds`` with chunk ``c``
-    = sentences ``bounds[c]:bounds[c + 1]``.
+    take one sentence, and sentences are never cut here (:func:`cut_at_chunk_grid` first
+    cuts the long ones, so "one sentence" stays under a quarter chunk). Returns ``bounds``
+    with chunk ``c`` = sentences ``bounds[c]:bounds[c + 1]``.
     """
     starts = offsets[:-1] // max(1, int(chunk_words))
     first = np.flatnonzero(np.r_[True, starts[1:] != starts[:-1]])

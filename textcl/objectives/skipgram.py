@@ -19,10 +19,21 @@ context word's input vector predicts the centre word. A noise word equal to the 
 skipped. Plain SGD at rate ``alpha`` per pair, decayed linearly from ``train.lr`` (0.025) to
 ``train.lr * train.min_lr_ratio`` (0.0001) over all the words of all epochs.
 
-The corpus is cut into chunks of ``data.chunk_words`` words (whole sentences, gensim's job
-size); a dataset item is one chunk's pairs and noise words, drawn in numpy from a generator
-seeded by (seed, epoch, chunk), so resumed runs see the same data. Two backends apply the
-updates:
+The corpus is cut into chunks of ``data.chunk_words`` words (gensim's job size): chunk ``k``
+holds the sentences starting in words ``[k * chunk_words, (k + 1) * chunk_words)`` of the
+in-vocabulary token stream. A line longer than ``data.max_sentence_length`` words (default
+10,000, gensim's ``LineSentence`` cap; word2vec.c's ``MAX_SENTENCE_LENGTH`` is 1,000) is read
+as pieces of at most that many words, and context windows never cross a piece boundary. A
+sentence longer than a quarter chunk is also cut where it crosses a multiple of
+``chunk_words`` (:func:`~textcl.corpus.cut_at_chunk_grid`), so every chunk (but the last)
+has 0.75-1.25 x ``chunk_words`` words whatever the line lengths; ordinary sentences are
+never cut, so corpora of them are chunked as before. (Without that cut a chunk held the
+whole pieces starting in it: on a one-line corpus two ~9,700-word pieces regularly fell into
+one chunk, twice the words and pairs of a step -- with the torch backend, whose step is the
+chunk's summed gradient, that tipped SGD into divergence and the float32 loss sum overflowed
+to inf, weights still finite.) A dataset item is one chunk's pairs and noise words, drawn
+in numpy from a generator seeded by (seed, epoch, chunk), so resumed runs see the same
+data. Two backends apply the updates:
 
 * ``numba`` (CPU, the default there): a compiled kernel runs word2vec's per-pair SGD over
   the batch's pairs, Hogwild over ``objective.threads`` threads each taking a contiguous
@@ -55,7 +66,7 @@ from torch import nn
 
 from textcl.core.method import Method, MethodConfig
 from textcl.core.recipe import InputFile
-from textcl.corpus import Corpus, Normalize, chunk_boundaries, load_corpus
+from textcl.corpus import Corpus, Normalize, chunk_boundaries, cut_at_chunk_grid, load_corpus
 from textcl.documents import DataError
 from textcl.objectives._sgns_updates import SparseSGD, numba_available, sgd_pairs, sgns_loss
 from textcl.word_vectors import WordVectors
@@ -98,7 +109,11 @@ class SGNSData(MethodConfig):
     min_count: int = Field(5, ge=1)
     max_vocab: int | None = Field(None, ge=2, description="keep at most the N most frequent words")
     max_sentences: int | None = Field(None, ge=1, description="read only the first N lines")
-    max_sentence_length: int = Field(10_000, ge=2, description="longer lines are split")
+    max_sentence_length: int = Field(
+        10_000, ge=2,
+        description="lines with more words are read as pieces of at most this many (gensim's "
+                    "LineSentence default); windows do not cross the pieces",
+    )
     chunk_words: int = Field(10_000, ge=1, description="words per dataset item (gensim's job)")
     # Word benchmarks computed by evaluate() (end of training / eval.every_n_steps).
     similarity_files: list[InputFile] = []
@@ -209,9 +224,10 @@ def skipgram_pairs(
 class _ChunkDataset(torch.utils.data.Dataset):
     """One item per corpus chunk: its pairs and noise words, seeded by (seed, epoch, chunk)."""
 
-    def __init__(self, corpus: Corpus, bounds: np.ndarray, keep_prob: np.ndarray | None,
-                 noise: tuple[np.ndarray, np.ndarray], objective: SGNSObjective, seed: int):
-        self.corpus, self.bounds = corpus, bounds
+    def __init__(self, corpus: Corpus, offsets: np.ndarray, bounds: np.ndarray,
+                 keep_prob: np.ndarray | None, noise: tuple[np.ndarray, np.ndarray],
+                 objective: SGNSObjective, seed: int):
+        self.corpus, self.offsets, self.bounds = corpus, offsets, bounds
         self.keep_prob, self.noise = keep_prob, noise
         self.objective, self.seed = objective, seed
         self.epoch = 0
@@ -223,7 +239,7 @@ class _ChunkDataset(torch.utils.data.Dataset):
         return len(self.bounds) - 1
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        obj, offsets = self.objective, self.corpus.offsets
+        obj, offsets = self.objective, self.offsets
         first, last = self.bounds[index], self.bounds[index + 1]
         ids = self.corpus.ids[offsets[first] : offsets[last]]
         lengths = np.diff(offsets[first : last + 1])
@@ -261,7 +277,10 @@ class SGNS(Method):
         self.output_vectors = nn.Parameter(torch.zeros(len(vocab), dim), requires_grad=trainable)
         self.keep_prob = keep_probabilities(vocab.counts, obj.sample) if obj.sample > 0 else None
         self.noise = alias_table(noise_distribution(vocab.counts, obj.ns_exponent))
-        self.bounds = chunk_boundaries(corpus.offsets, config.data.chunk_words)
+        # Sentences (pieces of lines) as the chunks see them: the long ones cut at the chunk
+        # grid, so every chunk holds 0.75-1.25 x chunk_words words (see cut_at_chunk_grid).
+        self.offsets = cut_at_chunk_grid(corpus.offsets, config.data.chunk_words)
+        self.bounds = chunk_boundaries(self.offsets, config.data.chunk_words)
         self._optimizer: torch.optim.Optimizer | None = None
         self.timing = {"update_s": 0.0, "pairs": 0}
         if backend == "numba":
@@ -312,7 +331,7 @@ class SGNS(Method):
 
     # ---- data
     def train_dataset(self) -> torch.utils.data.Dataset:
-        return _ChunkDataset(self.corpus, self.bounds, self.keep_prob, self.noise,
+        return _ChunkDataset(self.corpus, self.offsets, self.bounds, self.keep_prob, self.noise,
                              self.cfg.objective, self.seed)
 
     def collate(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
