@@ -84,8 +84,28 @@ class TrainerState:
             setattr(self, key, type(getattr(self, key, 0))(value))
 
 
+class _EpochBatches:
+    """This rank's micro-batches of one epoch, cut from the permutation tensor when asked:
+    as Python lists, a 6M-example epoch's indices alone would hold ~280 MiB."""
+
+    def __init__(self, perm: torch.Tensor, starts: range, size: int):
+        self.perm, self.starts, self.size = perm, starts, size
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return _EpochBatches(self.perm, self.starts[i], self.size)
+        start = self.starts[i]
+        return self.perm[start : start + self.size].tolist()
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return (self[i] for i in range(len(self)))
+
+
 class _IndexBatches(torch.utils.data.Sampler[list[int]]):
-    def __init__(self, batches: list[list[int]]):
+    def __init__(self, batches: _EpochBatches):
         self.batches = batches
 
     def __iter__(self) -> Iterable[list[int]]:
@@ -178,19 +198,15 @@ class Trainer:
         """The records this trainer wrote to ``log.jsonl`` (kept on every process)."""
         return self._runlog.history
 
-    def _epoch_batches(self, n: int, epoch: int) -> list[list[int]]:
+    def _epoch_batches(self, n: int, epoch: int) -> _EpochBatches:
         """This rank's micro-batches for ``epoch`` (drop-last, equal sizes on every rank)."""
         world, rank = self.accelerator.num_processes, self.accelerator.process_index
         b = self.config.batch_size
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        perm = torch.randperm(n, generator=g).tolist()
+        perm = torch.randperm(n, generator=g)
         n_micro = (n // (b * world)) // self.config.gradient_accumulation_steps
         n_micro *= self.config.gradient_accumulation_steps
-        out = []
-        for j in range(n_micro):
-            start = j * b * world + rank * b
-            out.append(perm[start : start + b])
-        return out
+        return _EpochBatches(perm, range(rank * b, n_micro * b * world, b * world), b)
 
     def _save_checkpoint(self) -> None:
         """Pickle-free checkpoint with a manifest (``textcl.core.checkpoint``)."""
