@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import textcl.documents as documents
+import textcl.arrow_cache as arrow_cache
 import textcl.sentences as sentences
 from textcl.documents import ArrowLists, Document, held_out_split, load_documents, map_processes
 from textcl.objectives._sentence_common import PositionIndex, SentenceCorpus, load_sentence_corpora
@@ -45,17 +45,18 @@ def _corpus(path: Path, n: int = 40) -> Path:
 
 
 def test_map_processes_keeps_small_inputs_in_this_process(monkeypatch):
-    monkeypatch.setattr(documents, "default_num_proc", lambda: 16)
-    assert map_processes(None, 10) is None and map_processes(4, 2 * documents.MIN_ROWS_PER_PROCESS - 1) is None
+    # Patched where map_processes reads them (textcl.arrow_cache; textcl.documents re-exports).
+    monkeypatch.setattr(arrow_cache, "default_num_proc", lambda: 16)
+    assert map_processes(None, 10) is None and map_processes(4, 2 * arrow_cache.MIN_ROWS_PER_PROCESS - 1) is None
     assert map_processes(None, 10_000) == 16 and map_processes(2, 10_000) == 2
-    assert map_processes(None, 3 * documents.MIN_ROWS_PER_PROCESS) == 3  # >= MIN_ROWS_PER_PROCESS rows each
+    assert map_processes(None, 3 * arrow_cache.MIN_ROWS_PER_PROCESS) == 3  # >= MIN_ROWS_PER_PROCESS rows each
 
 
 def test_multiprocess_split_equals_one_process_and_its_shards_are_reused(tmp_path, monkeypatch):
     src = _corpus(tmp_path / "docs.jsonl.gz")
     one, one_stats = load_sentence_documents(str(src), cache_dir=tmp_path / "one", num_proc=1)
     assert sorted(p.name for p in (tmp_path / "one").iterdir())[0].startswith("docs-")  # in this process: one file
-    monkeypatch.setattr(documents, "MIN_ROWS_PER_PROCESS", 4)
+    monkeypatch.setattr(arrow_cache, "MIN_ROWS_PER_PROCESS", 4)
     two, two_stats = load_sentence_documents(str(src), cache_dir=tmp_path / "two", num_proc=2)
     shards = sorted(p.name for p in (tmp_path / "two").iterdir())
     assert len(shards) == 2 and shards[0].endswith("_00000_of_00002.arrow")

@@ -26,6 +26,20 @@ TEXT_STACK = [
     "textcl.whitening",
 ]
 
+#: Modules split into parts (issue 18), each with the modules that took over part of it, bottom
+#: up as TEXT_STACK: a part imports only from parts before it (and from modules not listed).
+SPLIT_STACKS = {
+    "documents": [
+        "textcl.data_files", "textcl.arrow_columns", "textcl.arrow_cache", "textcl.documents",
+        "textcl.sentence_split", "textcl.sentences",
+    ],
+    "scratch": ["textcl.scratch_mlm", "textcl.scratch_config", "textcl.scratch_build", "textcl.scratch"],
+    "recipe": [
+        "textcl.core.config_files", "textcl.core.config_errors", "textcl.core.recipe_sections",
+        "textcl.core.recipe",
+    ],
+}
+
 #: Names each module had before the split (definitions and textcl imports), importable still.
 OLD_NAMES = {
     "textcl.encoders": [
@@ -44,6 +58,35 @@ OLD_NAMES = {
     ],
     "textcl.embed": ["Embedder", "TextEncoder", "_default_device", "cpu_token_budget", "plan_length_batches"],
     "textcl.st_modules": ["BagOfWordsResidual", "bow_mean"],
+    "textcl.documents": [
+        "ArrowInts", "ArrowLists", "DataError", "Document", "DocumentCorpus", "MIN_ROWS_PER_PROCESS", "RowView",
+        "__all__", "_features", "_is_json", "as_document_corpus", "cached_map", "check_data_file",
+        "complete_files", "datasets_quiet", "default_num_proc", "diagnose_data_file", "fingerprint_of",
+        "held_out_split", "load_documents", "logger", "map_processes", "map_to_files", "read_column",
+        "read_problem", "source_dataset", "split_key", "text_problem", "tokenizer_fingerprint",
+    ],
+    "textcl.sentences": [
+        "ArrowInts", "ArrowLists", "DataError", "InputFile", "MethodConfig", "RowView", "SPLITTER",
+        "SentenceDataSection", "SentenceDocument", "SentenceDocuments", "SentenceTokens", "SplitStats",
+        "__all__", "_features", "_split_batch", "as_sentence_documents", "cached_map", "check_data_file",
+        "complete_files", "default_cache_dir", "fingerprint_of", "load_sentence_documents", "logger",
+        "map_to_files", "read_column", "source_dataset", "split_key", "split_sentences", "splitter_version",
+        "text_key", "tokenize_sentence_dataset", "tokenize_sentences", "tokenizer_fingerprint",
+    ],
+    "textcl.scratch": [
+        "BASE_ENV", "DEFAULT_CONFIG", "DEFAULT_CORPUS", "EmbeddingStage", "MLMStage", "MLM_CHECKPOINT",
+        "ModelStage", "OutputDir", "PipelineConfig", "SPECIAL_TOKENS", "STAGES", "SgnsStage", "TokenizerStage",
+        "TrainStage", "__all__", "_DOWNSTREAM", "_Strict", "_base_card", "_iter_texts", "_parser", "_paths",
+        "_run_stages", "_stage_base_sgns", "_stage_mlm", "_stage_sgns", "_stage_tokenizer", "_stage_train",
+        "_train_done", "_write_json", "build_bert", "load_pipeline_config", "logger", "main", "run_pipeline",
+        "scratch_mlm", "train_mlm", "train_wordpiece_tokenizer",
+    ],
+    "textcl.core.recipe": [
+        "EvalConfig", "EvaluatorConfig", "HubConfig", "InputFile", "OutputDir", "Recipe", "RecipeError",
+        "TrainConfig", "__all__", "_Strict", "_TopLevel", "_flatten", "apply_overrides", "flat_config",
+        "load_recipe", "parse_config_yaml", "read_config", "read_config_text", "resolve_input_path",
+        "substitute_env", "validate_config",
+    ],
 }
 
 
@@ -163,8 +206,49 @@ def test_reexports_are_the_same_objects():
     assert textcl.ModelLoadError is encoders.ModelLoadError and textcl.TextEncoder is encoders.TextEncoder
 
 
+@pytest.mark.parametrize("stack", sorted(SPLIT_STACKS))
+def test_split_parts_import_only_downwards(stack):
+    graph = _imports()
+    parts = SPLIT_STACKS[stack]
+    for i, mod in enumerate(parts):
+        above = set(parts[i + 1:])
+        assert not graph[mod] & above, f"{mod} imports {sorted(graph[mod] & above)} from above it"
+
+
+def test_core_imports_only_core_and_packaged_data():
+    """textcl.core stays modality- and objective-free: no objectives, encoders, corpora or vision."""
+    graph = _imports()
+    for mod, deps in graph.items():
+        if mod.startswith("textcl.core"):
+            outside = sorted(d for d in deps if not d.startswith("textcl.core") and d != "textcl.data")
+            assert not outside, f"{mod} imports {outside}"
+
+
+def test_split_reexports_are_the_same_objects():
+    from textcl import (
+        arrow_cache,
+        arrow_columns,
+        data_files,
+        documents,
+        scratch,
+        scratch_build,
+        scratch_config,
+        sentence_split,
+        sentences,
+    )
+    from textcl.core import config_errors, config_files, recipe, recipe_sections
+
+    assert documents.DataError is data_files.DataError and sentences.DataError is data_files.DataError
+    assert documents.cached_map is arrow_cache.cached_map and documents.RowView is arrow_columns.RowView
+    assert documents.ArrowLists is arrow_columns.ArrowLists and documents.map_processes is arrow_cache.map_processes
+    assert sentences.split_sentences is sentence_split.split_sentences
+    assert scratch.PipelineConfig is scratch_config.PipelineConfig and scratch.build_bert is scratch_build.build_bert
+    assert recipe.TrainConfig is recipe_sections.TrainConfig and recipe.InputFile is recipe_sections.InputFile
+    assert recipe.read_config is config_files.read_config and recipe.validate_config is config_errors.validate_config
+
+
 def test_split_modules_stay_small():
-    for mod in TEXT_STACK:
+    for mod in TEXT_STACK + [m for parts in SPLIT_STACKS.values() for m in parts]:
         file = PACKAGE.parent / (mod.replace(".", "/") + ".py")
         lines = len(file.read_text(encoding="utf-8").splitlines())
         assert lines <= 500, f"{file.name}: {lines} lines"

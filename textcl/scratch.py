@@ -32,26 +32,51 @@ runs, each stage skipped when its output already exists (so a killed pipeline re
 Every stage writes into a temporary directory and renames it into place, so an output that
 exists is complete. ``pipeline.json`` in the output directory records the configuration,
 each stage's seconds, the embedding coverage and the MLM curve.
+
+This module holds the stage runners, their order and skipping, and the command line. What
+the stages build is in :mod:`textcl.scratch_build` (tokenizer, random BERT) and
+:mod:`textcl.scratch_mlm` (masked LM); the pipeline config is in
+:mod:`textcl.scratch_config`. Their names are re-exported here, where callers have always
+imported them from.
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import logging
 import os
 import shutil
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from typing import Any
 
 from textcl import scratch_mlm
-from textcl.core.recipe import OutputDir
+
+# Re-exported: these names lived here before the split, and callers import them from here.
+from textcl.core.recipe import OutputDir  # noqa: F401
+from textcl.scratch_build import (  # noqa: F401
+    SPECIAL_TOKENS,
+    _base_card,
+    _iter_texts,
+    _write_json,
+    build_bert,
+    train_wordpiece_tokenizer,
+)
+from textcl.scratch_config import (  # noqa: F401
+    DEFAULT_CONFIG,
+    DEFAULT_CORPUS,
+    EmbeddingStage,
+    ModelStage,
+    PipelineConfig,
+    SgnsStage,
+    TokenizerStage,
+    TrainStage,
+    _Strict,
+    load_pipeline_config,
+)
 from textcl.scratch_mlm import MLM_CHECKPOINT, MLMStage
 
 __all__ = [
@@ -66,10 +91,8 @@ __all__ = [
 
 logger = logging.getLogger("textcl.scratch")
 
-DEFAULT_CONFIG = "recipes/text/scratch/pipeline.yaml"
 #: Environment variable the scratch recipes read for their start model.
 BASE_ENV = "TEXTCL_SCRATCH_BASE"
-DEFAULT_CORPUS = "${TEXTCL_DATA}/corpora/gutenberg_sentences.txt.gz"
 STAGES = ("tokenizer", "sgns", "base-random", "base-sgns", "base-mlm", "train")
 #: Stages built from each stage's output (re-run when it is forced).
 _DOWNSTREAM = {
@@ -80,198 +103,6 @@ _DOWNSTREAM = {
     "base-mlm": ("train",),
     "train": (),
 }
-SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-
-
-# --------------------------------------------------------------------------- tokenizer
-
-
-def _iter_texts(files: Sequence[str | Path], text_field: str = "text") -> Iterator[str]:
-    """Lines of ``.txt[.gz]`` files (one text each) and texts of ``.jsonl[.gz]`` documents."""
-    for file in files:
-        path = Path(file)
-        if not path.is_file():
-            raise FileNotFoundError(f"tokenizer corpus {path} not found -- fix the path")
-        suffixes = [s for s in path.suffixes if s != ".gz"]
-        if suffixes and suffixes[-1] in (".jsonl", ".json"):
-            from textcl.documents import load_documents
-
-            for doc in load_documents(str(path), text_field=text_field, id_field=None):
-                yield from (line for line in doc.text.splitlines() if line.strip())
-            continue
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if line.strip():
-                    yield line.rstrip("\n")
-
-
-def train_wordpiece_tokenizer(
-    files: Sequence[str | Path] | str | Path,
-    vocab_size: int = 16000,
-    out_dir: str | Path = "runs/scratch/tokenizer",
-    lowercase: bool = True,
-    min_frequency: int = 2,
-    *,
-    max_lines: int | None = None,
-    text_field: str = "text",
-    model_max_length: int = 512,
-    show_progress: bool = True,
-) -> Any:
-    """Train a BERT WordPiece vocabulary on ``files`` and save it as a ``BertTokenizerFast`` dir.
-
-    ``files``: ``.txt[.gz]`` (one text per line) or ``.jsonl[.gz]`` (``text_field``), read in
-    order, at most ``max_lines`` texts. BERT's normalisation (``lowercase`` also strips accents,
-    as uncased BERT) and pre-tokenisation, specials ``[PAD] [UNK] [CLS] [SEP] [MASK]`` (ids 0-4).
-    ``out_dir`` gets ``tokenizer.json``, ``tokenizer_config.json`` and ``vocab.txt`` (for tools
-    that read only that). Returns the tokenizer reloaded from ``out_dir``.
-
-    The saved directory is reloaded and its vocabulary size asserted: transformers 5.x builds a
-    5-token vocabulary from ``BertTokenizerFast(vocab_file=...)`` without a word of warning.
-    A corpus too small for ``vocab_size`` gives fewer tokens (logged as a warning).
-    """
-    from tokenizers import (
-        Tokenizer,
-        decoders,
-        models,
-        normalizers,
-        pre_tokenizers,
-        processors,
-        trainers,
-    )
-    from transformers import AutoTokenizer, BertTokenizerFast
-
-    if isinstance(files, (str, Path)):
-        files = [files]
-    if vocab_size < len(SPECIAL_TOKENS) + 1:
-        raise ValueError(f"vocab_size must be > {len(SPECIAL_TOKENS)}, got {vocab_size}")
-    # BERT's pipeline, spelled out: normaliser (clean control chars, split CJK, lowercase and
-    # strip accents when uncased), whitespace + punctuation pre-tokeniser, WordPiece, "##" decoder.
-    backend = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    backend.normalizer = normalizers.BertNormalizer(
-        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lowercase
-    )
-    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    backend.decoder = decoders.WordPiece(prefix="##")
-    texts: Iterable[str] = _iter_texts(files, text_field)
-    if max_lines is not None:
-        from itertools import islice
-
-        texts = islice(texts, max_lines)
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=list(SPECIAL_TOKENS),
-        show_progress=show_progress, continuing_subword_prefix="##",
-    )
-    backend.train_from_iterator(texts, trainer=trainer, length=max_lines)
-    cls_id, sep_id = backend.token_to_id("[CLS]"), backend.token_to_id("[SEP]")
-    backend.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
-    )
-    trained = backend.get_vocab_size()
-    if trained < vocab_size:
-        logger.warning(
-            "the corpus gave %d WordPiece tokens, fewer than the %d asked for (too little text "
-            "or min_frequency %d too high)", trained, vocab_size, min_frequency,
-        )
-    # From the trained tokenizers object, so normaliser, pre-tokeniser and decoder are exactly
-    # the trained ones (never from vocab_file=: see the docstring).
-    tok = BertTokenizerFast(
-        tokenizer_object=backend,
-        unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
-        mask_token="[MASK]", do_lower_case=lowercase, model_max_length=model_max_length,
-    )
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tok.save_pretrained(str(out))
-    # vocab.txt too, for tools that read only that (ids in order, one token a line).
-    vocab = sorted(backend.get_vocab().items(), key=lambda kv: kv[1])
-    (out / "vocab.txt").write_text("".join(f"{t}\n" for t, _ in vocab), encoding="utf-8")
-    loaded = AutoTokenizer.from_pretrained(str(out))
-    if len(loaded) != trained:
-        raise RuntimeError(
-            f"{out}: the saved tokenizer loads with {len(loaded)} tokens, the trained one has "
-            f"{trained}; refusing to continue with a broken vocabulary"
-        )
-    return loaded
-
-
-# --------------------------------------------------------------------------- model
-
-
-def build_bert(
-    tokenizer_dir: str | Path,
-    out_dir: str | Path,
-    layers: int = 4,
-    hidden: int = 256,
-    heads: int = 4,
-    intermediate: int = 1024,
-    max_position: int = 128,
-    seed: int = 0,
-    *,
-    dropout: float = 0.1,
-) -> Path:
-    """A random-init ``BertModel`` (BERT's own init, ``torch.manual_seed(seed)``) with the
-    tokenizer of ``tokenizer_dir``, saved to ``out_dir`` as a sentence-transformers directory
-    (mean pooling, Normalize, ``max_seq_length = max_position``).
-
-    It loads with ``textcl.encoders.TextEncoder.from_pretrained(out_dir)``, ``textcl.Embedder``,
-    ``benchmarks.models.load_model`` and ``SentenceTransformer``. Written to a temporary
-    directory and renamed, so ``out_dir`` is complete whenever it exists. Returns ``out_dir``.
-    """
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    from textcl.core.io import replace_dir
-    from textcl.encoders import TextEncoder
-
-    if hidden % heads:
-        raise ValueError(f"hidden ({hidden}) must be a multiple of heads ({heads})")
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=intermediate,
-        max_position_embeddings=max_position,
-        hidden_dropout_prob=dropout,
-        attention_probs_dropout_prob=dropout,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    # fork_rng: building a model must not move the caller's random stream.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = BertModel(config)
-    encoder = TextEncoder(model, tokenizer, pooling="mean", max_seq_length=max_position, normalize=True)
-    out = Path(out_dir)
-    tmp = out.with_name(f".tmp-{out.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    encoder.save(tmp, model_card=_base_card(config, seed, Path(tokenizer_dir), None))
-    _write_json(tmp / "scratch.json", {"seed": seed, "tokenizer": str(tokenizer_dir), "config": config.to_diff_dict()})
-    out.parent.mkdir(parents=True, exist_ok=True)
-    replace_dir(tmp, out)
-    return out
-
-
-def _base_card(config: Any, seed: int, tokenizer_dir: Path, init: dict[str, Any] | None) -> str:
-    lines = [
-        "# Small BERT from scratch (textcl)",
-        "",
-        f"Random-init `BertModel` ({config.num_hidden_layers} layers, hidden {config.hidden_size}, "
-        f"{config.num_attention_heads} heads, intermediate {config.intermediate_size}, "
-        f"{config.max_position_embeddings} positions, vocabulary {config.vocab_size}), seed {seed}, "
-        f"WordPiece tokenizer from `{tokenizer_dir}`. Mean pooling. Built by `python -m textcl.scratch`.",
-    ]
-    if init:
-        lines += [
-            "",
-            f"Input embeddings: {init['covered']} of {init['vocab_size']} tokens "
-            f"({100 * init['coverage']:.1f}%) initialised from SGNS vectors `{init.get('vectors', '')}` "
-            f"(first {init['dims_copied']} dims, scale {init['scale']:.4g}).",
-        ]
-    lines += ["", "Not trained: a starting point for the objectives in `recipes/text/scratch/`.", ""]
-    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- masked LM
@@ -285,109 +116,7 @@ def train_mlm(start: str | Path, work_dir: str | Path, cfg: MLMStage, files: Seq
     return scratch_mlm.train_mlm(start, work_dir, cfg, files, read_texts=_iter_texts, resume=resume)
 
 
-# --------------------------------------------------------------------------- pipeline config
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-
-class TokenizerStage(_Strict):
-    """Stage 1: WordPiece vocabulary."""
-
-    files: list[str] | None = Field(None, validate_default=True, description=f"default: {DEFAULT_CORPUS}")
-    vocab_size: int = Field(16000, ge=8)
-    min_frequency: int = Field(2, ge=1)
-    lowercase: bool = True
-    max_lines: int | None = Field(None, ge=1, description="read at most this many texts")
-    text_field: str = "text"
-
-    @field_validator("files")
-    @classmethod
-    def _files_exist(cls, files: list[str] | None) -> list[str]:
-        if files is None:
-            data = os.environ.get("TEXTCL_DATA")
-            if not data:
-                raise ValueError(
-                    "no corpus given and TEXTCL_DATA is not set -- export TEXTCL_DATA=../shared/data "
-                    "or list tokenizer.files"
-                )
-            files = [DEFAULT_CORPUS.replace("${TEXTCL_DATA}", data)]
-        if not files:
-            raise ValueError("at least one corpus file is needed")
-        missing = [f for f in files if not Path(f).expanduser().is_file()]
-        if missing:
-            raise ValueError(f"file not found: {', '.join(missing)} -- fix the path or set TEXTCL_DATA")
-        return files
-
-
-class ModelStage(_Strict):
-    """Stage 3: BERT size (BertConfig)."""
-
-    layers: int = Field(4, ge=1)
-    hidden: int = Field(256, ge=8)
-    heads: int = Field(4, ge=1)
-    intermediate: int = Field(1024, ge=8)
-    max_position: int = Field(128, ge=8)
-    dropout: float = Field(0.1, ge=0, lt=1)
-    seed: int = 0
-
-
-class SgnsStage(_Strict):
-    """Stage 2: SGNS word vectors (``vectors`` given: use that file instead of training)."""
-
-    enabled: bool = True
-    recipe: str = "recipes/text/sgns.yaml"
-    overrides: list[str] = []
-    vectors: str | None = None
-
-
-class EmbeddingStage(_Strict):
-    """Stage 4: how SGNS vectors enter the input embeddings."""
-
-    scale: Literal["match", "none"] | float = Field("match", union_mode="left_to_right")
-    rest: Literal["keep", "zero"] = "keep"
-    lowercase_fallback: bool = True
-
-
-class TrainStage(_Strict):
-    """Stage 6 (optional): an objective recipe trained from base-mlm (mlm.enabled) or base-sgns."""
-
-    recipe: str | None = None
-    overrides: list[str] = []
-
-
-class PipelineConfig(_Strict):
-    """``recipes/text/scratch/pipeline.yaml``: unknown keys are errors."""
-
-    output_dir: OutputDir = "runs/scratch"
-    tokenizer: TokenizerStage = Field(default_factory=TokenizerStage)
-    sgns: SgnsStage = SgnsStage()
-    model: ModelStage = ModelStage()
-    embeddings: EmbeddingStage = EmbeddingStage()
-    mlm: MLMStage = MLMStage()
-    train: TrainStage = TrainStage()
-
-
-def load_pipeline_config(path: str | Path, overrides: Sequence[str] = ()) -> PipelineConfig:
-    """Read, override (``--set a.b=v``), expand ``${VAR}`` and validate; ``RecipeError`` on any problem."""
-    from textcl.core.recipe import RecipeError, read_config, validate_config
-
-    source = str(path)
-    if not Path(path).exists():
-        raise RecipeError(f"{source}: pipeline config not found (default: {DEFAULT_CONFIG})")
-    data = read_config(path, overrides, what="pipeline config", keys="output_dir, tokenizer, ...")
-    data.setdefault("tokenizer", {})
-    return validate_config(PipelineConfig, data, source)
-
-
 # --------------------------------------------------------------------------- pipeline
-
-
-def _write_json(path: Path, data: Any) -> None:
-    from textcl.core.io import atomic_write_json
-
-    atomic_write_json(path, data)
 
 
 def _paths(cfg: PipelineConfig) -> dict[str, Path]:

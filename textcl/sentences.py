@@ -1,40 +1,16 @@
 """Sentence-split document corpora for the sentence-level objectives (NSP, neighbour, permutation).
 
-Splitter: **syntok** (rule-based, pure Python) plus two repairs. Paragraphs are cut at
-blank lines first, whitespace inside a paragraph is collapsed to single spaces, syntok
-splits each paragraph, and a piece ending in ``;`` or in a title glued to a dash
-(``London--Mr.``) is joined to the next -- the only two syntok errors in the check below.
-
-Why syntok. Measured on 60 chapters of ``gutenberg_chapters.jsonl.gz`` (every 30th of the
-first 1800; 3265 paragraphs, 0.77 M characters of 19th-century fiction: "Mr.", "Mrs.",
-"St.", initials, dialogue in straight and curly quotes), one process on a shared 2-core
-machine. "Differ" counts, among 50 random paragraphs with titles, initials, ellipses or a
-quote followed by a lower-case speech tag, those whose split differs from the
-hand-checked reference (this module's output, each of the 50 read by eye):
-
-==================  =========  ===========  ======  ==============================================
-splitter            sentences  sentences/s  differ  typical errors
-==================  =========  ===========  ======  ==============================================
-syntok 1.4.4        8439       13.4 k       3/50    cut after ``;`` before a quote; ``--Mr. |``
-NLTK Punkt 3.10     8999       50 k         40/50   trained unsupervised on the same 60 chapters:
- (PunktTrainer)                                     ``Mr. | Hersheimmer``, ``"Oh!" | cried Neb``
-blingfire 0.1.8     8547       141 k        24/50   ``"Ten, forty-six!" | whispered the Captain``,
-                                                    ``Dr. |`` at a paragraph end
-pysbd 0.3.4         6286       2.2 k        16/50   no cut inside quotes: several sentences of a
-                                                    speech stay one; ``'Ah! | ' cried``
-sentencex 1.0.32    6391       521 k        13/50   no cut inside quotes (as pysbd)
-this module         8277       ~12 k        0/50    (the reference)
-==================  =========  ===========  ======  ==============================================
-
-For next/neighbour-sentence objectives a speech tag cut off as its own "sentence"
-(``whispered the Captain, ...``) and a name cut from its title make false, trivially easy
-positives, and unsplit speeches make few, overlong ones, so accuracy matters more than
-raw speed here; syntok splits the full 3000-chapter corpus in one to three minutes on a
-busy core, once, in ``data.num_proc`` processes (``Dataset.map``): the result is cached on
-disk as memory-mapped Arrow (see :func:`load_sentence_documents`), and so are the token
-ids (:func:`tokenize_sentence_dataset`). Nothing is held per sentence in Python: the
+Documents are read as :mod:`textcl.documents` reads them, split into sentences by
+:func:`~textcl.sentence_split.split_sentences` (syntok plus two repairs; why syntok, and
+how it compares with other splitters: :mod:`textcl.sentence_split`) once, in
+``data.num_proc`` processes (``Dataset.map``): the result is cached on disk as
+memory-mapped Arrow (see :func:`load_sentence_documents`), and so are the token ids
+(:func:`tokenize_sentence_dataset`). Nothing is held per sentence in Python: the
 objectives read sentences by index through :class:`SentenceDocuments` and
 :class:`SentenceTokens`.
+
+The splitter's names (``SPLITTER``, :func:`split_sentences`, :func:`splitter_version`)
+are re-exported here, where callers have always imported them from.
 """
 
 from __future__ import annotations
@@ -52,24 +28,23 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from textcl.core.method import MethodConfig
-from textcl.core.recipe import InputFile
-from textcl.documents import (
-    ArrowInts,
-    ArrowLists,
-    DataError,
-    RowView,
+from textcl.arrow_cache import (
     _features,
     cached_map,
-    check_data_file,
     complete_files,
     fingerprint_of,
     map_to_files,
-    read_column,
-    source_dataset,
-    split_key,
     tokenizer_fingerprint,
 )
+from textcl.arrow_columns import ArrowInts, ArrowLists, RowView, read_column
+from textcl.core.method import MethodConfig
+from textcl.core.recipe import InputFile
+from textcl.data_files import DataError, check_data_file
+from textcl.documents import source_dataset, split_key
+
+# split_sentences is looked up here by _split_batch (so a test can stand in for it), and
+# SPLITTER / splitter_version are re-exported: they lived here before the split.
+from textcl.sentence_split import SPLITTER, split_sentences, splitter_version
 
 __all__ = [
     "SPLITTER",
@@ -89,21 +64,11 @@ __all__ = [
 
 logger = logging.getLogger("textcl")
 
-#: Name of the sentence splitter (part of the cache key).
-SPLITTER = "syntok"
-#: Version of textcl's own rules around the splitter (paragraphs, whitespace); bump it
-#: whenever :func:`split_sentences` changes its output, so old caches are not reused.
-_RULES_VERSION = 1
 #: 1: one json.gz file per corpus (ignored now); 2: Arrow (``Dataset.map`` output).
 _CACHE_FORMAT = 2
 _TOKENS_FORMAT = 1
 #: Show a progress bar when splitting at least this many documents.
 _PROGRESS_MIN_DOCUMENTS = 50
-
-_PARAGRAPH_BREAK = re.compile(r"\n[ \t\r\f\v]*\n")
-_WHITESPACE = re.compile(r"\s+")
-# A sentence ending in a title is never complete ("Mr." needs a name after it).
-_TITLE_END = re.compile(r"(?<![A-Za-z])(?:Mr|Mrs|Messrs|Ms|Mme|Mlle|Dr|St|Rev|Capt|Col|Gen|Lieut|Sgt|Prof|Hon)\.$")
 
 
 @dataclass
@@ -151,63 +116,6 @@ class SentenceDataSection(MethodConfig):
         None, ge=1, description="processes for sentence splitting and tokenisation (datasets map); "
         "default: the CPUs available"
     )
-
-
-# --------------------------------------------------------------------------- splitting
-def splitter_version() -> str:
-    """``syntok-<version>-r<rules>``: identifies the splitter output (cache key)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        v = version("syntok")
-    except PackageNotFoundError:  # pragma: no cover - imported from a path, not installed
-        v = "unknown"
-    return f"{SPLITTER}-{v}-r{_RULES_VERSION}"
-
-
-def split_sentences(text: str) -> list[str]:
-    """Sentences of a document; paragraphs are separated by blank lines; whitespace normalised.
-
-    A sentence never spans two paragraphs. Empty and whitespace-only text gives ``[]``.
-    """
-    from syntok import segmenter
-
-    sentences: list[str] = []
-    for paragraph in _PARAGRAPH_BREAK.split(text):
-        paragraph = _WHITESPACE.sub(" ", paragraph).strip()
-        if not paragraph:
-            continue
-        # syntok's own paragraph detection is not needed: the text has one paragraph now.
-        pieces = ["".join(token.spacing + token.value for token in sentence).strip()
-                  for sentence in segmenter.split(_tokenize(paragraph))]
-        sentences.extend(_repair([p for p in pieces if p]))
-    return sentences
-
-
-def _repair(pieces: list[str]) -> list[str]:
-    """Undo the two syntok errors seen on the Gutenberg sample: a cut after a semicolon
-    (``said the voice; | "you just see..."``) and after a title glued to a dash
-    (``London--Mr. | Romaine``)."""
-    out: list[str] = []
-    for piece in pieces:
-        if out and (out[-1].endswith(";") or _TITLE_END.search(out[-1])):
-            out[-1] = f"{out[-1]} {piece}"
-        else:
-            out.append(piece)
-    return out
-
-
-def _tokenize(paragraph: str) -> Any:
-    from syntok.tokenizer import Tokenizer
-
-    global _TOKENIZER
-    if _TOKENIZER is None:
-        # replace_not_contraction=False keeps the text exactly as written (no "not" for "n't").
-        _TOKENIZER = Tokenizer(replace_not_contraction=False)
-    return _TOKENIZER.tokenize(paragraph)
-
-
-_TOKENIZER: Any = None
 
 
 # --------------------------------------------------------------------------- loading + cache
