@@ -154,3 +154,61 @@ def test_output_layer_train_keeps_and_trains_the_whitening_layer(tmp_path):
     assert build_encoder(EncoderSection(name_or_path=str(tmp_path / "white"))).output_layer is None
     with pytest.raises(RecipeError, match="no Dense"):
         build_encoder(EncoderSection(name_or_path=str(src), output_layer="train"))
+
+
+def test_context_weight_zero_is_a_bag_of_input_embeddings_and_skips_the_transformer(tmp_path):
+    plain = tiny_encoder(tmp_path).eval()
+    bag = TextEncoder(plain.transformer, plain.tokenizer, max_seq_length=32, bow_weight=2.0, context_weight=0.0)
+    feats = bag.tokenize(TEXTS[:6])
+    rows = plain.transformer.get_input_embeddings().weight[feats["input_ids"]].detach()
+    mask = feats["attention_mask"].unsqueeze(-1).float()
+    expected = 2.0 * (rows * mask).sum(1) / mask.sum(1)
+    calls = []
+    hook = bag.transformer.register_forward_hook(lambda *a: calls.append(1))
+    out = bag(feats)
+    hook.remove()
+    np.testing.assert_allclose(out.detach().numpy(), expected.numpy(), atol=1e-6)
+    assert calls == []  # no transformer pass at all
+    # Only the embedding table trains; the layers it skips are frozen (no DDP unused-parameter stall).
+    trainable = [n for n, p in bag.named_parameters() if p.requires_grad]
+    assert trainable == ["transformer.embeddings.word_embeddings.weight"]
+    out.sum().backward()
+    assert bag.transformer.get_input_embeddings().weight.grad is not None
+    # A context weight between: the weighted sum of both parts.
+    half = TextEncoder(plain.transformer, plain.tokenizer, max_seq_length=32, bow_weight=2.0, context_weight=0.5).eval()
+    with torch.no_grad():
+        hidden = plain.transformer(input_ids=feats["input_ids"], attention_mask=feats["attention_mask"]).last_hidden_state
+        np.testing.assert_allclose(half(feats).numpy(), (0.5 * pool(hidden, feats["attention_mask"], "mean")
+                                                         + expected).numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match="context_weight"):
+        TextEncoder(plain.transformer, plain.tokenizer, context_weight=0.0)
+
+
+def test_bag_model_saves_and_loads_in_textcl_and_sentence_transformers(tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    enc = tiny_encoder(tmp_path)
+    bag = TextEncoder(enc.transformer, enc.tokenizer, max_seq_length=32, bow_weight=1.0, context_weight=0.0)
+    bag.save(tmp_path / "bag", model_card="# bag\n")
+    again = TextEncoder.from_pretrained(tmp_path / "bag")
+    assert (again.bow_weight, again.context_weight) == (1.0, 0.0)
+    ours = Embedder.load(tmp_path / "bag", device="cpu").encode(TEXTS, batch_size=8)
+    st = SentenceTransformer(str(tmp_path / "bag"), device="cpu", trust_remote_code=True).encode(TEXTS)
+    np.testing.assert_allclose(ours, st, atol=1e-5, rtol=0)
+    feats = bag.tokenize(TEXTS)
+    with torch.no_grad():
+        np.testing.assert_allclose(ours, torch.nn.functional.normalize(bag(feats), dim=-1).numpy(), atol=1e-5)
+    # A model saved without the key (every model before it) keeps its contextual part.
+    cfg = tmp_path / "bag" / "2_BagOfWordsResidual" / "config.json"
+    assert json.loads(cfg.read_text()) == {"weight": 1.0, "context_weight": 0.0}
+    cfg.write_text(json.dumps({"weight": 1.0}))
+    assert TextEncoder.from_pretrained(tmp_path / "bag").context_weight == 1.0
+
+
+def test_recipe_context_weight_zero_needs_a_bag_of_words_path(tmp_path):
+    src = tmp_path / "model"
+    tiny_encoder(tmp_path).save(src)
+    with pytest.raises(RecipeError, match="model.context_weight.*bow_weight"):
+        build_encoder(EncoderSection(name_or_path=str(src), context_weight=0.0))
+    enc = build_encoder(EncoderSection(name_or_path=str(src), context_weight=0.0, bow_weight=1.0))
+    assert enc.context_weight == 0.0 and enc.bow_weight == 1.0

@@ -48,7 +48,9 @@ from textcl.model_location import (  # noqa: F401
     _first_line,
     _hub_reachable,
     _in_hub_cache,
+    _length_limit,
     _load_errors,
+    _load_transformer,
     _looks_like_path,
     _offline_env,
     _packaged_path,
@@ -77,34 +79,6 @@ _MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids"
 _DEFAULT_MAX_SEQ_LENGTH = 256
 
 
-def _load_transformer(name_or_path: str, **kwargs: Any) -> Any:
-    """AutoModel with SDPA attention where the architecture supports it."""
-    from transformers import AutoModel
-
-    try:
-        return AutoModel.from_pretrained(name_or_path, attn_implementation="sdpa", **kwargs)
-    except (ValueError, ImportError) as err:
-        # Architectures without SDPA support raise here; load with their default attention.
-        logger.debug("SDPA attention unavailable for %s (%s); using the default", name_or_path, err)
-        return AutoModel.from_pretrained(name_or_path, **kwargs)
-
-
-def _length_limit(transformer: nn.Module, tokenizer: Any = None) -> int | None:
-    """Longest input the model takes: max_position_embeddings, capped by the tokenizer's
-    model_max_length when one is given (as ST does: RoBERTa-likes have 514 positions but
-    take 512). Explicit max_seq_length values are capped by positions only, because our
-    own saved tokenizers carry the model's max_seq_length as model_max_length.
-    """
-    limits = []
-    positions = getattr(getattr(transformer, "config", None), "max_position_embeddings", None)
-    if isinstance(positions, int) and positions > 0:
-        limits.append(positions)
-    tok_max = getattr(tokenizer, "model_max_length", None)
-    if isinstance(tok_max, int) and 0 < tok_max < 1_000_000:  # "no limit" is a huge sentinel
-        limits.append(tok_max)
-    return min(limits) if limits else None
-
-
 # --------------------------------------------------------------------------- the encoder
 
 
@@ -127,6 +101,7 @@ class TextEncoder(nn.Module):
         projection_dim: int | None = None,
         projection_hidden_dim: int | None = None,
         bow_weight: float = 0.0,
+        context_weight: float = 1.0,
     ) -> None:
         super().__init__()
         if pooling not in POOLING_MODES:
@@ -160,6 +135,14 @@ class TextEncoder(nn.Module):
         if bow_weight < 0:
             raise ValueError(f"bow_weight must be >= 0, got {bow_weight}")
         self.bow_weight = float(bow_weight)
+        #: Weight of the contextual (pooled transformer) part. 0 makes the encoder a bag of its
+        #: input embeddings (Siamese CBOW): the transformer layers are skipped and frozen.
+        if context_weight < 0 or (context_weight == 0 and not bow_weight):
+            raise ValueError(f"context_weight must be >= 0, and > 0 without bow_weight; got {context_weight}")
+        self.context_weight = float(context_weight)
+        if not context_weight:
+            transformer.requires_grad_(False)
+            transformer.get_input_embeddings().requires_grad_(True)
         # Optimizer options (configure_training): defaults = no lever.
         self.embedding_lr_scale = self.output_layer_lr_scale = 1.0
         self.anchor_weight = 0.0
@@ -195,6 +178,7 @@ class TextEncoder(nn.Module):
         transformer: nn.Module | None = None,
         output_layer: bool = True,
         bow_weight: float | None = None,
+        context_weight: float | None = None,
     ) -> TextEncoder:
         """Load from a sentence-transformers / textcl directory, a plain HF model dir or a hub name.
 
@@ -206,7 +190,8 @@ class TextEncoder(nn.Module):
         An affine ``Dense`` module after
         Pooling (a whitening layer, :mod:`textcl.whitening`) becomes :attr:`output_layer` unless
         ``output_layer=False`` (training: the layer was fitted to the features before training).
-        ``bow_weight`` overrides the saved residual bag-of-words weight (0 without one).
+        ``bow_weight`` overrides the saved residual bag-of-words weight (0 without one),
+        ``context_weight`` the saved weight of the contextual part (1 without one).
         Raises :class:`ModelLoadError` (a one-line message) when the model cannot be loaded.
         """
         from transformers import AutoTokenizer
@@ -237,6 +222,7 @@ class TextEncoder(nn.Module):
             projection_dim=projection_dim,
             projection_hidden_dim=projection_hidden_dim,
             bow_weight=bow_weight if bow_weight is not None else (layout.bow_weight if layout else 0.0),
+            context_weight=context_weight if context_weight is not None else (layout.context_weight if layout else 1.0),
         )
         if layout is not None and layout.dense_subfolder is not None:
             if output_layer:
@@ -452,12 +438,20 @@ class TextEncoder(nn.Module):
         attention_mask = features.get("attention_mask")
         if attention_mask is None:
             attention_mask = torch.ones_like(features["input_ids"])
-        out = self.transformer(**inputs, return_dict=True)
-        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-        pooled = pool(hidden, attention_mask, self.pooling)
+        bow = None
         if self.bow_weight:
             emb = self.transformer.get_input_embeddings()
-            pooled = pooled + self.bow_weight * bow_mean(emb, features["input_ids"], attention_mask).to(pooled.dtype)
+            bow = self.bow_weight * bow_mean(emb, features["input_ids"], attention_mask)
+        if self.context_weight:
+            out = self.transformer(**inputs, return_dict=True)
+            hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+            pooled = pool(hidden, attention_mask, self.pooling)
+            if self.context_weight != 1.0:
+                pooled = self.context_weight * pooled
+            if bow is not None:
+                pooled = pooled + bow.to(pooled.dtype)
+        else:  # a bag of input embeddings: no transformer pass at all
+            pooled = bow
         if self.train_output_layer:
             pooled = self.output_layer(pooled)  # type: ignore[misc]
         if project and self.projection is not None:
@@ -483,6 +477,7 @@ class TextEncoder(nn.Module):
             dim=self.dim,
             normalize=self.normalize,
             bow_weight=self.bow_weight,
+            context_weight=self.context_weight,
             output_layer=self.output_layer,
             model_card=model_card,
         )

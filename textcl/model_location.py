@@ -21,6 +21,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from textcl.core.io import INSTALL_MARKER
 
@@ -267,3 +268,31 @@ def _load_errors(name: str) -> Iterator[None]:
         raise
     except Exception as exc:
         raise _explain_load_error(name, exc) from exc
+
+
+def _load_transformer(name_or_path: str, **kwargs: Any) -> Any:
+    """AutoModel with SDPA attention where the architecture supports it."""
+    from transformers import AutoModel
+
+    try:
+        return AutoModel.from_pretrained(name_or_path, attn_implementation="sdpa", **kwargs)
+    except (ValueError, ImportError) as err:
+        # Architectures without SDPA support raise here; load with their default attention.
+        logger.debug("SDPA attention unavailable for %s (%s); using the default", name_or_path, err)
+        return AutoModel.from_pretrained(name_or_path, **kwargs)
+
+
+def _length_limit(transformer: Any, tokenizer: Any = None) -> int | None:
+    """Longest input the model takes: max_position_embeddings, capped by the tokenizer's
+    model_max_length when one is given (as ST does: RoBERTa-likes have 514 positions but
+    take 512). Explicit max_seq_length values are capped by positions only, because our
+    own saved tokenizers carry the model's max_seq_length as model_max_length.
+    """
+    limits = []
+    positions = getattr(getattr(transformer, "config", None), "max_position_embeddings", None)
+    if isinstance(positions, int) and positions > 0:
+        limits.append(positions)
+    tok_max = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tok_max, int) and 0 < tok_max < 1_000_000:  # "no limit" is a huge sentinel
+        limits.append(tok_max)
+    return min(limits) if limits else None

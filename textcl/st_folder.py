@@ -102,6 +102,7 @@ class _STLayout:
     normalize: bool
     dense_subfolder: str | None = None  # an affine Dense module (whitening) after Pooling
     bow_weight: float = 0.0  # a BagOfWordsResidual module after Pooling
+    context_weight: float = 1.0  # its weight of the contextual part (0: a bag of input embeddings)
 
 
 def _pooling_from_config(cfg: dict[str, Any], where: str) -> str:
@@ -124,7 +125,7 @@ def _read_st_layout(loc: _Location) -> _STLayout | None:
         return None
     transformer_dir = pooling = dense_dir = None
     normalize = False
-    bow_weight = 0.0
+    bow_weight, context_weight = 0.0, 1.0
     for module in sorted(modules, key=lambda m: int(m.get("idx", 0))):
         kind = module["type"].rsplit(".", 1)[-1]
         if kind == "Transformer":
@@ -135,7 +136,8 @@ def _read_st_layout(loc: _Location) -> _STLayout | None:
         elif kind == "Normalize":
             normalize = True
         elif kind == "BagOfWordsResidual" and pooling is not None and dense_dir is None and not normalize:
-            bow_weight = float((loc.json(f"{module['path']}/config.json") or {}).get("weight", 1.0))
+            cfg = loc.json(f"{module['path']}/config.json") or {}
+            bow_weight, context_weight = float(cfg.get("weight", 1.0)), float(cfg.get("context_weight", 1.0))
         elif kind == "Dense" and pooling is not None and dense_dir is None and not normalize:
             cfg = loc.json(f"{module['path']}/config.json") or {}
             check_identity_dense(cfg, f"{loc.ref}/{module['path']}")
@@ -159,7 +161,7 @@ def _read_st_layout(loc: _Location) -> _STLayout | None:
                     "if the tokenizer does not", loc.ref,
                 )
             break
-    return _STLayout(transformer_dir, max_seq_length, pooling, normalize, dense_dir, bow_weight)
+    return _STLayout(transformer_dir, max_seq_length, pooling, normalize, dense_dir, bow_weight, context_weight)
 
 
 def _module_dir(loc: _Location, subfolder: str) -> Path:
@@ -182,6 +184,7 @@ def write_st_folder(
     dim: int,
     normalize: bool,
     bow_weight: float = 0.0,
+    context_weight: float = 1.0,
     output_layer: nn.Module | None = None,
     model_card: str | None = None,
 ) -> None:
@@ -190,7 +193,8 @@ def write_st_folder(
 
     ``dim`` is the pooled width; ``output_layer`` (a :class:`~textcl.whitening_layer.Whitening`)
     is written as a ``Dense`` module and ``bow_weight`` > 0 as a
-    :class:`textcl.st_modules.BagOfWordsResidual` module.
+    :class:`textcl.st_modules.BagOfWordsResidual` module (with ``context_weight``, the weight
+    of the contextual part, when it is not 1).
     """
     # We write ST's files ourselves rather than building ST modules and calling ST's save:
     # building an ST Transformer module means reloading the weights from disk (slow, twice
@@ -219,7 +223,10 @@ def write_st_folder(
             {"idx": n, "name": str(n), "path": f"{n}_BagOfWordsResidual",
              "type": "textcl.st_modules.BagOfWordsResidual"}
         )
-        _write_json(path / f"{n}_BagOfWordsResidual" / "config.json", {"weight": bow_weight})
+        bow_config: dict[str, float] = {"weight": bow_weight}
+        if context_weight != 1.0:
+            bow_config["context_weight"] = context_weight
+        _write_json(path / f"{n}_BagOfWordsResidual" / "config.json", bow_config)
     if output_layer is not None:
         n = len(modules)
         modules.append(

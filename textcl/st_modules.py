@@ -20,17 +20,20 @@ __all__ = ["BagOfWordsResidual", "bow_mean"]
 
 
 class BagOfWordsResidual(Module):
-    """``sentence_embedding += weight * mean(input embeddings of the attended tokens)``.
+    """``sentence_embedding = context_weight * sentence_embedding + weight * mean(input
+    embeddings of the attended tokens)`` (``context_weight`` 1 unless saved otherwise).
 
     A residual bag-of-words path beside the contextual mean: the input-embedding table is
     the Transformer module's own (found in :meth:`on_model_ready`), so no weights are stored.
     """
 
-    config_keys = ["weight"]
+    config_keys = ["weight", "context_weight"]
 
-    def __init__(self, weight: float = 1.0) -> None:
+    def __init__(self, weight: float = 1.0, context_weight: float = 1.0) -> None:
         super().__init__()
         self.weight = float(weight)
+        # 0: the sentence vector is the bag of input embeddings alone (TextEncoder.context_weight).
+        self.context_weight = float(context_weight)
         self._embedding: list[torch.nn.Embedding] = []  # a list: not a registered submodule
 
     def on_model_ready(self, model: Any) -> None:
@@ -41,9 +44,8 @@ class BagOfWordsResidual(Module):
             raise RuntimeError("BagOfWordsResidual needs the model's Transformer module (on_model_ready not called)")
         emb = self._embedding[0]
         bow = bow_mean(emb, features["input_ids"].to(emb.weight.device), features["attention_mask"])
-        features["sentence_embedding"] = features["sentence_embedding"] + self.weight * bow.to(
-            features["sentence_embedding"].dtype
-        )
+        pooled = features["sentence_embedding"]
+        features["sentence_embedding"] = self.context_weight * pooled + self.weight * bow.to(pooled.dtype)
         return features
 
     def save(self, output_path: str, *args: Any, safe_serialization: bool = True, **kwargs: Any) -> None:

@@ -29,6 +29,11 @@ class EncoderSection(MethodConfig):
         None, ge=0, description="residual bag-of-words path: pooled += w * mean(input embeddings); "
         "null = what the start model has (0 for a plain model)",
     )
+    context_weight: float | None = Field(
+        None, ge=0, description="weight of the contextual (transformer) mean in the pooled vector; 0 = a bag "
+        "of the input embeddings (Siamese CBOW: needs bow_weight, skips and freezes the transformer layers); "
+        "null = what the start model has (1 for a plain model)",
+    )
     embedding_lr_scale: float = Field(1.0, ge=0, description="lr multiplier of the input embeddings (0 freezes)")
     anchor_weight: float = Field(0.0, ge=0, description="L2-SP pull of the input embeddings toward the start's")
     output_layer: Literal["drop", "train"] = Field(
@@ -40,24 +45,29 @@ class EncoderSection(MethodConfig):
 def build_encoder(m: EncoderSection, transformer: torch.nn.Module | None = None) -> Any:
     """The :class:`~textcl.encoders.TextEncoder` a ``model:`` section describes
     (``transformer``: an already loaded model to wrap, e.g. an MLM model's base)."""
+    from textcl.core.recipe import RecipeError
     from textcl.encoders import TextEncoder
 
-    encoder = TextEncoder.from_pretrained(
-        m.name_or_path,
-        pooling=m.pooling,
-        max_seq_length=m.max_seq_length,
-        normalize=m.normalize,
-        projection_dim=m.projection_dim,
-        projection_hidden_dim=m.projection_hidden_dim,
-        transformer=transformer,
-        # By default a whitening layer is dropped: it was fitted to the pre-training features.
-        output_layer=m.output_layer == "train",
-        bow_weight=m.bow_weight,
-    )
+    try:
+        encoder = TextEncoder.from_pretrained(
+            m.name_or_path,
+            pooling=m.pooling,
+            max_seq_length=m.max_seq_length,
+            normalize=m.normalize,
+            projection_dim=m.projection_dim,
+            projection_hidden_dim=m.projection_hidden_dim,
+            transformer=transformer,
+            # By default a whitening layer is dropped: it was fitted to the pre-training features.
+            output_layer=m.output_layer == "train",
+            bow_weight=m.bow_weight,
+            context_weight=m.context_weight,
+        )
+    except ValueError as exc:  # context_weight 0 without a bag-of-words path (bow_weight 0)
+        if "context_weight" not in str(exc):
+            raise
+        raise RecipeError(f"model.context_weight: {exc} -- set model.bow_weight > 0") from None
     if m.output_layer == "train":
         if encoder.output_layer is None:
-            from textcl.core.recipe import RecipeError
-
             raise RecipeError(
                 f"model.output_layer: train, but {m.name_or_path} has no Dense (whitening) module -- "
                 "whiten it first (python -m textcl.whitening) or set model.output_layer: drop"
