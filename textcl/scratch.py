@@ -143,6 +143,7 @@ def _stage_tokenizer(cfg: PipelineConfig, out: Path) -> dict[str, Any]:
     )
     info = {"vocab_size": len(tok), "asked": t.vocab_size, "files": t.files, "lowercase": t.lowercase,
             "min_frequency": t.min_frequency, "max_lines": t.max_lines}
+    info = _portable_json(info, Path(cfg.output_dir))
     _write_json(tmp / "tokenizer_stats.json", info)
     replace_dir(tmp, out)
     return info
@@ -167,6 +168,7 @@ def _stage_sgns(cfg: PipelineConfig, out: Path) -> dict[str, Any]:
 
 
 def _stage_base_sgns(cfg: PipelineConfig, base_random: Path, vectors: Path, out: Path) -> dict[str, Any]:
+    from textcl.card import portable_path
     from textcl.core.io import replace_dir
     from textcl.encoders import TextEncoder
     from textcl.word_vectors import init_embeddings_from_word_vectors
@@ -176,7 +178,7 @@ def _stage_base_sgns(cfg: PipelineConfig, base_random: Path, vectors: Path, out:
     stats = init_embeddings_from_word_vectors(
         encoder, encoder.tokenizer, vectors, scale=e.scale, rest=e.rest, lowercase_fallback=e.lowercase_fallback,
     )
-    stats["vectors"] = str(vectors)
+    stats["vectors"] = portable_path(vectors)  # embedding_init.json goes with the model
     tmp = out.with_name(f".tmp-{out.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     seed = json.loads((base_random / "scratch.json").read_text()).get("seed") if (base_random / "scratch.json").is_file() else None
@@ -248,6 +250,31 @@ def run_pipeline(cfg: PipelineConfig, *, force: Sequence[str] = (), stop_after: 
         return _run_stages(cfg, set(force), stop_after)
 
 
+def _portable_json(data: Any, root: Path) -> Any:
+    """``data`` as written to the pipeline's JSON files, without absolute local paths: an
+    absolute path inside the pipeline's output dir ``root`` relative to it (``root`` itself by
+    its name), any other by :func:`textcl.card.portable_path`; absolute paths inside other text
+    (``--set`` overrides) by :func:`textcl.card.portable_text`. Nothing reads paths back from
+    these files: stages are skipped by their outputs' existence."""
+    from textcl.card import portable_path, portable_text
+
+    if isinstance(data, dict):
+        return {k: _portable_json(v, root) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_portable_json(v, root) for v in data]
+    if not isinstance(data, str):
+        return data
+    if not os.path.isabs(data):
+        return portable_text(data)
+    base = os.path.abspath(root)
+    path = os.path.normpath(data)
+    if path == base:
+        return Path(base).name or path
+    if path.startswith(base.rstrip(os.sep) + os.sep):
+        return Path(os.path.relpath(path, base)).as_posix()
+    return portable_path(data)
+
+
 def _run_stages(cfg: PipelineConfig, force: set[str], stop_after: str | None) -> dict[str, Any]:
     # A rebuilt stage invalidates what was built from it.
     for name in STAGES:
@@ -275,7 +302,7 @@ def _run_stages(cfg: PipelineConfig, force: set[str], stop_after: str | None) ->
             seconds = time.perf_counter() - start
             print(f"[{name}] done in {seconds:.1f} s -> {output}")
             summary["stages"][name] = {"status": "done", "seconds": seconds, "output": str(output), **(info or {})}
-        _write_json(summary_path, summary)
+        _write_json(summary_path, _portable_json(summary, root))
 
     def stopped(name: str) -> bool:
         return stop_after == name

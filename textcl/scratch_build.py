@@ -189,30 +189,44 @@ def build_bert(
     tmp = out.with_name(f".tmp-{out.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     encoder.save(tmp, model_card=_base_card(config, seed, Path(tokenizer_dir), None))
-    _write_json(tmp / "scratch.json", {"seed": seed, "tokenizer": str(tokenizer_dir), "config": config.to_diff_dict()})
+    # Kept with the model: a local tokenizer named portably (textcl.card), never by its path.
+    _write_json(tmp / "scratch.json", {"seed": seed, "tokenizer": _named(tokenizer_dir), "config": config.to_diff_dict()})
     out.parent.mkdir(parents=True, exist_ok=True)
     replace_dir(tmp, out)
     return out
 
 
 def _base_card(config: Any, seed: int, tokenizer_dir: Path, init: dict[str, Any] | None) -> str:
+    """The card of base-random / base-sgns; the tokenizer and the SGNS vectors named portably
+    (:func:`textcl.card.portable_path`), never by an absolute local path."""
+    from textcl.card import portable_text
+
     lines = [
         "# Small BERT from scratch (textcl)",
         "",
         f"Random-init `BertModel` ({config.num_hidden_layers} layers, hidden {config.hidden_size}, "
         f"{config.num_attention_heads} heads, intermediate {config.intermediate_size}, "
         f"{config.max_position_embeddings} positions, vocabulary {config.vocab_size}), seed {seed}, "
-        f"WordPiece tokenizer from `{tokenizer_dir}`. Mean pooling. Built by `python -m textcl.scratch`.",
+        f"WordPiece tokenizer from `{_named(tokenizer_dir)}`. Mean pooling. Built by `python -m textcl.scratch`.",
     ]
     if init:
         lines += [
             "",
             f"Input embeddings: {init['covered']} of {init['vocab_size']} tokens "
-            f"({100 * init['coverage']:.1f}%) initialised from SGNS vectors `{init.get('vectors', '')}` "
+            f"({100 * init['coverage']:.1f}%) initialised from SGNS vectors `{_named(init.get('vectors', ''))}` "
             f"(first {init['dims_copied']} dims, scale {init['scale']:.4g}).",
         ]
     lines += ["", "Not trained: a starting point for the objectives in `recipes/text/scratch/`.", ""]
-    return "\n".join(lines)
+    return portable_text("\n".join(lines))
+
+
+def _named(path: str | Path) -> str:
+    """An existing local path as :func:`textcl.card.portable_path` names it; anything else
+    (already portable, e.g. ``embedding_init.json``'s ``vectors``) as it is."""
+    from textcl.card import portable_path
+
+    text = str(path)
+    return portable_path(text) if text and Path(text).expanduser().exists() else text
 
 
 def _write_json(path: Path, data: Any) -> None:

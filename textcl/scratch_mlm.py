@@ -281,11 +281,17 @@ def train_mlm(start: str | Path, work_dir: str | Path, cfg: MLMStage, files: Seq
                 last_ckpt = time.perf_counter()
         if curve[-1]["step"] != step:
             record()  # at the end
+        from textcl.card import portable_path
+
+        # mlm_metrics.json goes with the model: the start model and corpus named portably.
+        config = cfg.model_dump(mode="json")
+        if config.get("files"):
+            config["files"] = [portable_path(f) for f in config["files"]]
         metrics = {
-            "start": str(start), "steps": step, "train_seconds": train_seconds, "stopped_by": stopped_by,
+            "start": _start_name(start), "steps": step, "train_seconds": train_seconds, "stopped_by": stopped_by,
             "train_sentences": len(train_texts), "heldout_sentences": len(held),
             "heldout_loss": curve[-1]["heldout_loss"], "heldout_accuracy": curve[-1]["heldout_accuracy"],
-            "config": cfg.model_dump(mode="json"), "curve": curve,
+            "config": config, "curve": curve,
         }
         # The encoder wraps the trained transformer: save as start was saved, without the head.
         encoder.save(work, model_card=_mlm_card(start, metrics))
@@ -299,12 +305,22 @@ def train_mlm(start: str | Path, work_dir: str | Path, cfg: MLMStage, files: Seq
         torch.set_num_threads(previous_threads)
 
 
+def _start_name(start: str | Path) -> str:
+    """The start model as a card names it: a local one portably (name and counts), a hub id as it is."""
+    from textcl.card import portable_card_info
+
+    return str(portable_card_info({"base_model": str(start)})["base_model"])
+
+
 def _mlm_card(start: str | Path, m: dict[str, Any]) -> str:
+    """The card of base-mlm; the start model named portably (:func:`_start_name`)."""
+    from textcl.card import portable_text
+
     c = m["config"]
-    return "\n".join([
+    return portable_text("\n".join([
         "# Small BERT from scratch + masked-LM training (textcl)",
         "",
-        f"`{start}` trained with BERT's masked-LM objective ({c['mlm_probability']:.0%} of tokens, 80/10/10) "
+        f"`{_start_name(start)}` trained with BERT's masked-LM objective ({c['mlm_probability']:.0%} of tokens, 80/10/10) "
         f"for {m['steps']} steps ({m['train_seconds'] / 60:.1f} min) of {c['batch_size']} sentences "
         f"(at most {c['max_length']} tokens), AdamW lr {c['lr']:g}, linear warmup/decay, on "
         f"{m['train_sentences']} sentences. Held-out MLM loss {m['curve'][0]['heldout_loss']:.3f} -> "
@@ -312,4 +328,4 @@ def _mlm_card(start: str | Path, m: dict[str, Any]) -> str:
         f"{m['heldout_accuracy']:.3f} ({m['heldout_sentences']} held-out sentences, fixed masks). "
         "The MLM head is not part of this model. Built by `python -m textcl.scratch --set mlm.enabled=true`.",
         "",
-    ])
+    ]))

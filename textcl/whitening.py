@@ -103,6 +103,8 @@ def whiten_model(
     directory and renamed into place, so an interrupted run never leaves a half model.
     Returns the fit's facts (also written to ``out/whitening.json``).
     """
+    from textcl.card import portable_card_info
+
     chosen = sample_texts(texts, max_texts, seed)
     if len(chosen) < 2:
         raise ValueError(f"whitening needs at least 2 distinct non-empty texts, got {len(chosen)}")
@@ -121,7 +123,8 @@ def whiten_model(
     encoder = embedder.encoder
     encoder.output_layer = layer.to(encoder.device)
     facts = {
-        "source_model": str(model),
+        # Written with the model: a local source model by name and counts, never by its path.
+        "source_model": portable_card_info({"base_model": str(model)})["base_model"],
         "bow_weight": embedder.encoder.bow_weight,
         "texts": len(chosen),
         "seed": seed,
@@ -143,10 +146,13 @@ def whiten_model(
 
 
 def _card(model: Path, facts: dict[str, Any]) -> str:
-    """The source model's card (if any) with a section on the whitening appended."""
+    """The source model's card (if any) with a section on the whitening appended; local paths
+    in it (a card written before cards were portable) written by :func:`textcl.card.portable_text`."""
+    from textcl.card import portable_text
+
     source = model / "README.md"
     text = source.read_text(encoding="utf-8") if source.is_file() else "# Sentence encoder\n"
-    return text.rstrip("\n") + (
+    return portable_text(text.rstrip("\n")) + (
         "\n\n## Whitening\n\n"
         f"The pooled embedding goes through a whitening layer (BERT-whitening, Su et al. 2021) fitted "
         f"with `textcl.whitening` on {facts['texts']:,} unlabelled sentences (seed {facts['seed']}): "

@@ -32,6 +32,7 @@ re-exported here, where callers have always imported them from:
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -115,19 +116,73 @@ class Recipe:
         """The recipe as run: the keys the recipe and ``--set`` gave, as YAML, then every default
         that was filled in, as comments. Loading it gives the same run: a default written as a
         key would count as set (e.g. ``train.epochs``, which caps a time-budgeted run only when
-        set)."""
+        set). Packaged data files are written ``textcl://data/NAME`` and files under
+        ``$TEXTCL_DATA`` ``${TEXTCL_DATA}/...``, as a recipe spells them (the file is published
+        with the model); other paths as given, so the file still runs."""
         source = Path(self.path)  # no absolute local path in a published card
         lines = [f"# resolved from {source.name if source.is_absolute() else source}"]
+        roots = _data_roots()
         if self.overrides:
-            lines.append("# --set " + " --set ".join(self.overrides))
-        text = "\n".join(lines) + "\n" + yaml.safe_dump(self.user_set, sort_keys=False, allow_unicode=True)
+            lines.append("# --set " + " --set ".join(_spelled_override(o, roots) for o in self.overrides))
+        user_set = _spelled(self.user_set, roots)
+        text = "\n".join(lines) + "\n" + yaml.safe_dump(user_set, sort_keys=False, allow_unicode=True)
         given = dict(_flatten(self.user_set))
-        defaults = [(k, v) for k, v in _flatten(self.resolved) if k not in given]
+        defaults = [(k, _spelled(v, roots)) for k, v in _flatten(self.resolved) if k not in given]
         if defaults:
             text += "# defaults (not set; filled in by the schemas):\n" + "".join(
                 f"#   {k}: {json.dumps(v)}\n" for k, v in defaults
             )
         return text
+
+
+def _data_roots() -> list[tuple[Path, str]]:
+    """(root, spelling) of the folders a recipe names portably: the packaged data folder
+    (``textcl://data``), then ``$TEXTCL_DATA`` when set (as written and resolved)."""
+    from textcl.data import DATA_DIR
+
+    roots = [(Path(DATA_DIR), "textcl://data")]
+    shared = os.environ.get("TEXTCL_DATA", "").strip()
+    if shared:
+        local = Path(shared).expanduser()
+        for root in dict.fromkeys([Path(os.path.abspath(local)), local.resolve()]):
+            if root.parent != root:  # never the filesystem root: every path would move under it
+                roots.append((root, "${TEXTCL_DATA}"))
+    return roots
+
+
+def _spelled(node: Any, roots: list[tuple[Path, str]]) -> Any:
+    """``node`` with every absolute path to a packaged data file written ``textcl://data/NAME``
+    and every one inside ``$TEXTCL_DATA`` written ``${TEXTCL_DATA}/...`` -- the spellings a
+    recipe uses, which load back to the same paths (mappings and lists walked; any other
+    value, other paths included, as it is)."""
+    if isinstance(node, dict):
+        return {k: _spelled(v, roots) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_spelled(v, roots) for v in node]
+    if not isinstance(node, str) or not os.path.isabs(node):
+        return node
+    from textcl.data import data_path
+
+    path = Path(os.path.normpath(node))
+    for root, prefix in roots:
+        try:
+            rel = path.relative_to(root).as_posix()
+        except ValueError:
+            continue
+        if prefix == "${TEXTCL_DATA}":
+            return prefix if rel == "." else f"{prefix}/{rel}"
+        try:
+            if data_path(rel) == path.resolve():
+                return f"{prefix}/{rel}"
+        except (FileNotFoundError, OSError):
+            continue
+    return node
+
+
+def _spelled_override(override: str, roots: list[tuple[Path, str]]) -> str:
+    """A ``--set key=value`` whose value is a path, spelled as :func:`_spelled` does."""
+    key, sep, value = override.partition("=")
+    return f"{key}{sep}{_spelled(value, roots)}" if sep else override
 
 
 def _flatten(node: Any, prefix: str = "") -> list[tuple[str, Any]]:

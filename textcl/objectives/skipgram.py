@@ -453,10 +453,12 @@ class SGNS(Method):
 
 
 def render_word_vectors_card(info: dict[str, Any]) -> str:
-    """Markdown model card for SGNS word vectors (``card_info`` plus ``metrics``/``recipe_yaml``)."""
+    """Markdown model card for SGNS word vectors (``card_info`` plus ``metrics``/``recipe_yaml``);
+    local paths written portably (:func:`textcl.card.portable_card_info`), never absolute."""
     from textcl import __version__
-    from textcl.card import TEXTCL_BIBTEX
+    from textcl.card import TEXTCL_BIBTEX, portable_card_info, portable_text
 
+    info = portable_card_info(info)
     out = [
         "---", "library_name: textcl", "tags:", "- word2vec", "- word-embeddings",
         "- skip-gram", "- contrastive-learning", "---", "",
@@ -488,5 +490,5 @@ def render_word_vectors_card(info: dict[str, Any]) -> str:
         "## Citation", "", "```bibtex", TEXTCL_BIBTEX % __version__, "```", "",
         "```bibtex", str(info.get("objective_citation", CITATION)).strip(), "```", "",
     ]
-    return "\n".join(out)
+    return portable_text("\n".join(out))
 

@@ -75,7 +75,7 @@ class VisionMethod(Method):
         self.num_train = len(self.train_images)
         self.data_desc = (
             f"{self.num_train} training images ({d.source}"
-            f"{': ' + str(d.path) if d.path else ''}), {len(knn.y_train)}-image kNN bank, "
+            f"{': `' + str(d.path) + '`' if d.path else ''}), {len(knn.y_train)}-image kNN bank, "
             f"{len(knn.y_test)} kNN test queries"
         )
         self.backbone = build_backbone(cfg.model)
@@ -168,6 +168,11 @@ class VisionMethod(Method):
 
 
 def render_vision_card(info: dict[str, Any]) -> str:
+    """Markdown model card for an image backbone; local paths (the npz file or image folder,
+    the recipe's) written portably (:func:`textcl.card.portable_card_info`), never absolute."""
+    from textcl.card import portable_card_info, portable_text
+
+    info = portable_card_info(info)
     out = ["---", "library_name: textcl", "tags:", "- image-feature-extraction", "- contrastive-learning",
            "---", "", "# Image backbone trained with textcl", ""]
     out += [f"- **Objective:** {info.get('objective', '')}", f"- **Backbone:** {info.get('backbone', '')}",
@@ -189,4 +194,4 @@ def render_vision_card(info: dict[str, Any]) -> str:
             "```", ""]
     if info.get("objective_citation"):
         out += ["## Citation", "", "```bibtex", str(info["objective_citation"]).strip(), "```", ""]
-    return "\n".join(out)
+    return portable_text("\n".join(out))
