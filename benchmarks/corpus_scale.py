@@ -2,11 +2,12 @@
 
     python -m benchmarks.corpus_scale --data-dir DIR --out benchmarks/results/corpus_scale.json --plot
         [--scales 1 4 16] [--methods nsp declutr sgns] [--num-proc 1 2] [--steps 50]
-        [--model PATH] [--work-dir DIR] [--keep]
+        [--max-documents N] [--model PATH] [--work-dir DIR] [--keep]
 
 Corpora of 1x, 4x and 16x the shared Gutenberg chapters (``corpora/gutenberg_chapters.jsonl.gz``)
 are written to a temp directory: the chapters repeated, each copy under new ids
 (``<id>#r<k>``), so every copy is a new document to the held-out split and the caches.
+``--max-documents N`` takes only the first ``N`` chapters as the 1x corpus (a quicker run).
 For each corpus and method:
 
 * **preprocessing** -- what a training run does with the corpus before its first step,
@@ -15,7 +16,10 @@ For each corpus and method:
   starts): ``nsp``: read the file into Arrow, split sentences, tokenise, held-out split
   (``load_sentence_corpora``); ``declutr``: read into Arrow, index, tokenise the documents;
   ``sgns``: ``textcl.corpus.load_corpus`` (its own reader: ``num_proc`` is passed only if
-  it takes one, else the value is noted as unused).
+  it takes one, else the value is noted as unused; it writes the token-id cache that the
+  training run then reads). The child's peak resident memory (``VmHWM``) after each
+  method's preparation is kept too (``preprocess_peak_rss_mb``; with several methods in one
+  child it is the running peak, so run ``--methods sgns`` alone to read SGNS's).
 * **training** -- ``python -m textcl.train``'s code path (``textcl.train.run``) in a
   subprocess with warm caches and ``--set train.max_steps=STEPS``: the time from the
   subprocess's start to the end of its first step, and its peak resident memory (``VmHWM``
@@ -26,7 +30,8 @@ For each corpus and method:
 
 The report has the command, the environment (CPU, load average: the machine may be
 shared), per method and scale the numbers above, and the ratio of the peak memory at the
-largest scale to the smallest (the aim for the Arrow corpora: <= 1.3 at 16x). ``--plot``
+largest scale to the smallest (the aim for the Arrow corpora: <= 1.3 at 16x; the same ratio
+of the preprocessing peaks is ``preprocess_rss_ratio_largest_vs_smallest``). ``--plot``
 writes a PNG beside ``--out``: peak memory and preprocessing time against corpus size.
 """
 
@@ -57,18 +62,24 @@ _ROOT = Path(__file__).resolve().parents[1]
 
 
 # --------------------------------------------------------------------------- corpora
-def make_scaled_corpus(source: str | Path, scale: int, out: str | Path) -> dict[str, Any]:
-    """``source`` (JSON lines, ``id`` + ``text``) repeated ``scale`` times into ``out`` (gzip),
-    copy ``k > 0`` of a document under the id ``<id>#r<k>``; streamed, one line at a time."""
+def make_scaled_corpus(source: str | Path, scale: int, out: str | Path,
+                       max_documents: int | None = None) -> dict[str, Any]:
+    """``source`` (JSON lines, ``id`` + ``text``; its first ``max_documents`` documents if
+    given) repeated ``scale`` times into ``out`` (gzip), copy ``k > 0`` of a document under
+    the id ``<id>#r<k>``; streamed, one line at a time."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     documents = 0
     with gzip.open(out, "wt", encoding="utf-8", compresslevel=1) as dst:
         for k in range(scale):
             with gzip.open(source, "rt", encoding="utf-8") as src:
+                taken = 0
                 for line in src:
                     if not line.strip():
                         continue
+                    if max_documents is not None and taken >= max_documents:
+                        break
+                    taken += 1
                     row = json.loads(line)
                     if k:
                         row["id"] = f"{row.get('id', documents)}#r{k}"
@@ -189,7 +200,8 @@ def _child_preprocess(spec: dict[str, Any]) -> dict[str, Any]:
                                  **extra)
             info = {"words": int(corpus.raw_words), "sentences": int(corpus.raw_sentences),
                     "num_proc_used": bool(extra)}
-        results[method] = {"seconds": time.perf_counter() - start, **info}
+        results[method] = {"seconds": time.perf_counter() - start, **info,
+                           "peak_rss_mb": _mb(_peak_rss_mb())}
     return results
 
 
@@ -285,20 +297,21 @@ def _mb(rss: dict[str, Any]) -> float | None:
 
 
 def run_benchmark(source: str, *, scales: list[int], methods: list[str], num_procs: list[int], steps: int,
-                  model: str | None, work: Path) -> dict[str, Any]:
+                  model: str | None, work: Path, max_documents: int | None = None) -> dict[str, Any]:
     """Every scale x method: the report's ``corpora`` and ``results`` (see the module docstring)."""
     model = model or str(tiny_model(work / "tiny-bert"))
     corpora, results = [], {m: [] for m in methods}
     for scale in scales:
         scale_dir = work / f"x{scale}"
         scale_dir.mkdir(parents=True, exist_ok=True)
-        info = make_scaled_corpus(source, scale, scale_dir / f"chapters_x{scale}.jsonl.gz")
+        info = make_scaled_corpus(source, scale, scale_dir / f"chapters_x{scale}.jsonl.gz", max_documents)
         corpora.append(info)
         print(f"x{scale}: {info['documents']} documents, {info['bytes'] / 1e6:.1f} MB gzip", flush=True)
         pre = {}
         for n in num_procs:
             pre[n] = preprocess(info["path"], methods, n, model, scale_dir)
             timings = ", ".join(f"{m} {pre[n][m]['seconds']:.1f} s" for m in methods)
+            timings += f" (peak RSS {pre[n][methods[-1]]['peak_rss_mb'] or 0:.0f} MiB)"
             print(f"  preprocessing, num_proc {n}: {timings}", flush=True)
         for m in methods:
             t = train_run(m, info["path"], steps, max(num_procs), model, scale_dir)
@@ -306,6 +319,7 @@ def run_benchmark(source: str, *, scales: list[int], methods: list[str], num_pro
                 "scale": scale, "documents": info["documents"],
                 "preprocess_s": {str(n): pre[n][m]["seconds"] for n in num_procs},
                 "preprocess": {str(n): pre[n][m] for n in num_procs},
+                "preprocess_peak_rss_mb": {str(n): pre[n][m].get("peak_rss_mb") for n in num_procs},
                 "time_to_first_step_s": t["time_to_first_step_s"],
                 "peak_rss_mb": _mb(t["peak_rss_at_last_step"]),
                 "peak_rss_at_last_step": t["peak_rss_at_last_step"],
@@ -318,13 +332,20 @@ def run_benchmark(source: str, *, scales: list[int], methods: list[str], num_pro
     return {"corpora": corpora, "results": results}
 
 
-def _ratios(results: dict[str, list[dict[str, Any]]]) -> dict[str, float | None]:
+def _ratios(results: dict[str, list[dict[str, Any]]], key: Any = None) -> dict[str, float | None]:
+    """Per method: ``key(row)`` (default the training peak RSS) at the largest scale over the smallest."""
+    key = key or (lambda r: r["peak_rss_mb"])
     out = {}
     for m, rows in results.items():
         rows = sorted(rows, key=lambda r: r["scale"])
-        lo, hi = (rows[0]["peak_rss_mb"], rows[-1]["peak_rss_mb"]) if rows else (None, None)
+        lo, hi = (key(rows[0]), key(rows[-1])) if rows else (None, None)
         out[m] = hi / lo if lo and hi and len(rows) > 1 else None
     return out
+
+
+def _preprocess_peak(row: dict[str, Any]) -> float | None:
+    peaks = [v for v in row.get("preprocess_peak_rss_mb", {}).values() if v]
+    return max(peaks) if peaks else None
 
 
 def write_plot(report: dict[str, Any], png: Path) -> None:
@@ -381,6 +402,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--num-proc", type=int, nargs="+", default=[1, 2], help="preprocessing processes to time")
     p.add_argument("--steps", type=int, default=50, help="training steps (the memory is read at the last)")
+    p.add_argument("--max-documents", type=int, default=None,
+                   help="use only the first N documents of the corpus as the 1x corpus")
     p.add_argument("--model", default=None, help="encoder for nsp / declutr (default: a tiny random BERT)")
     p.add_argument("--work-dir", type=Path, default=None, help="for the corpora and caches (default: a temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
@@ -391,8 +414,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     if args.plot and args.out is None:
         p.error("--plot needs --out")
-    if any(s < 1 for s in args.scales) or any(n < 1 for n in args.num_proc) or args.steps < 1:
-        p.error("--scales, --num-proc and --steps take positive integers")
+    if any(s < 1 for s in args.scales) or any(n < 1 for n in args.num_proc) or args.steps < 1 or (
+            args.max_documents is not None and args.max_documents < 1):
+        p.error("--scales, --num-proc, --steps and --max-documents take positive integers")
     source = args.corpus or str(resolve_data_dir(args.data_dir, CORPUS) / CORPUS)
     if not Path(source).is_file():
         p.error(f"corpus {source} not found")
@@ -403,7 +427,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     env = environment(("datasets", "pyarrow"))
     try:
         body = run_benchmark(source, scales=sorted(set(args.scales)), methods=args.methods,
-                             num_procs=sorted(set(args.num_proc)), steps=args.steps, model=args.model, work=work)
+                             num_procs=sorted(set(args.num_proc)), steps=args.steps, model=args.model, work=work,
+                             max_documents=args.max_documents)
     finally:
         if not args.keep and args.work_dir is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -412,15 +437,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "environment": env,
         "settings": {"scales": sorted(set(args.scales)), "methods": args.methods, "num_proc": sorted(set(args.num_proc)),
                      "steps": args.steps, "model": args.model or "tiny random BERT (2 layers, 64-d, MiniLM vocab)",
-                     "source": source, "in_process": args.in_process},
+                     "source": source, "max_documents": args.max_documents, "in_process": args.in_process},
         **body,
         "rss_ratio_largest_vs_smallest": _ratios(body["results"]),
+        "preprocess_rss_ratio_largest_vs_smallest": _ratios(body["results"], _preprocess_peak),
         "rss_target_ratio": RSS_TARGET,
     }
     for m, r in report["rss_ratio_largest_vs_smallest"].items():
         if r is not None:
+            pre = report["preprocess_rss_ratio_largest_vs_smallest"].get(m)
             print(f"{m}: peak RSS x{r:.2f} from {report['settings']['scales'][0]}x to "
-                  f"{report['settings']['scales'][-1]}x (target <= {RSS_TARGET})")
+                  f"{report['settings']['scales'][-1]}x (target <= {RSS_TARGET})"
+                  + (f"; preprocessing peak x{pre:.2f}" if pre else ""))
     if args.out:
         write_report(args.out, report)
         print(f"wrote {args.out}")

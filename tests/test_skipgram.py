@@ -25,8 +25,15 @@ from textcl.objectives.skipgram import (
     skipgram_pairs,
     window_pairs,
 )
+from textcl.token_store import DiskArray
 from textcl.train import main, run
 from textcl.word_vectors import WordVectors, init_embeddings_from_word_vectors
+
+
+@pytest.fixture(autouse=True)
+def _corpus_cache(tmp_path, monkeypatch):
+    """load_corpus writes the token ids under $TEXTCL_CACHE/sgns: keep them in tmp_path."""
+    monkeypatch.setenv("TEXTCL_CACHE", str(tmp_path / "cache"))
 
 
 # ----------------------------------------------------------------------------- corpora
@@ -199,6 +206,7 @@ def test_corpus_normalisation_vocabulary_and_chunks(tmp_path):
     with gzip.open(path, "wt") as fh:
         fh.write("B b a\n\nc a B\na A!\n")
     c = load_corpus(path, normalize="a-z", min_count=2)
+    assert isinstance(c.ids, DiskArray) and c.directory.parent == tmp_path / "cache" / "sgns"  # on disk
     assert c.vocab.words == ["a", "b"] and c.vocab.counts.tolist() == [4, 3]  # c dropped
     assert c.raw_words == 8 and c.raw_sentences == 3  # non-empty lines
     assert c.ids.tolist() == [1, 1, 0, 0, 1, 0, 0] and c.offsets.tolist() == [0, 3, 5, 7]
@@ -244,8 +252,9 @@ def test_empty_corpus_and_min_count_are_clear_errors(tmp_path, capsys):
 def test_planted_neighbours_rank_first_and_outputs_load(tmp_path):
     corpus = _planted_corpus(tmp_path / "planted.txt")
     recipe, overrides = _recipe(tmp_path, corpus)
-    metrics = run(recipe, overrides)
+    metrics = run(recipe, overrides + [f"data.cache_dir={tmp_path / 'ids'}"])
     assert metrics == {}
+    assert len(list((tmp_path / "ids").glob("planted-*/ids.int32"))) == 1  # data.cache_dir holds the corpus
     out = tmp_path / "run"
     for name in ("vectors.bin", "vectors.txt", "recipe.yaml", "log.jsonl", "metrics.json", "README.md"):
         assert (out / name).exists(), name
@@ -313,6 +322,7 @@ def test_resume_equals_uninterrupted(tmp_path):
     with pytest.raises(_Interrupt):
         Trainer(a, cfg, tmp_path / "resumed", seed=5, callbacks=[_KillAt(5)]).fit()
     b = SGNS.from_recipe(r)  # a fresh process rebuilds the method from the recipe
+    assert b.corpus.directory == a.corpus.directory  # its token ids from the cache, read again by slices
     Trainer(b, cfg, tmp_path / "resumed", seed=5).fit(resume=True)
     assert torch.equal(full.input_vectors, b.input_vectors)
     assert torch.equal(full.output_vectors, b.output_vectors)

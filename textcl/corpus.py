@@ -2,12 +2,25 @@
 
 A corpus is one sentence per line (``.txt`` / ``.txt.gz``), or JSON lines / a hub dataset
 (``.jsonl[.gz]``, ``hf://NAME[:SPLIT]``) with one text per row in ``text_field``. Text
-files are read by a plain block reader: gzip blocks of 16 MiB, normalised with one
+files are read by a plain block reader: blocks of 4 MiB, normalised with one
 ``bytes.translate`` and split with ``str.split``. Reading, normalising and splitting the
-500k-sentence Gutenberg corpus took 0.9-1.7 s this way against 3.7-8.8 s with the
-``datasets`` text loader streaming and 3.8-9.0 s through Arrow (three runs of
-``benchmarks/sgns_speed.py --compare-readers`` on a busy 2-core machine), and memory stays
-one block plus the int32 token ids. JSON lines and hub datasets go through ``datasets`` in streaming mode.
+500k-sentence Gutenberg corpus took 0.9-1.7 s this way (with 16 MiB blocks) against
+3.7-8.8 s with the ``datasets`` text loader streaming and 3.8-9.0 s through Arrow (three
+runs of ``benchmarks/sgns_speed.py --compare-readers`` on a busy 2-core machine). A block's
+words as Python strings are the reader's memory, whatever the corpus size: ``load_corpus``
+of 11.4M words (62 MB of text) peaked at 126 MiB RSS with 4 MiB blocks, 344 MiB with 16 MiB
+ones (33 MiB after the imports). A line longer than a block (text8 is one 100 MB line) comes
+in pieces cut at a space or tab, and its sentences are cut as if it had come whole. JSON
+lines and hub datasets go through ``datasets`` in streaming mode, in blocks of at most
+65,536 rows and about 4 MiB of text.
+
+Corpora larger than memory: :func:`load_corpus` keeps no token in memory. It writes the
+vocabulary ids (``int32``) and the sentence offsets (``int64``) to disk in two streamed
+passes (:mod:`textcl.corpus_build`), once per file content and settings, in a cache
+directory (``data.cache_dir``; default ``$TEXTCL_CACHE/sgns``, else
+``~/.cache/textcl/sgns``), and the :class:`Corpus` reads them back a slice at a time
+(:class:`~textcl.token_store.DiskArray`). What stays in memory is the word table and its
+counts, and one block while reading.
 
 Normalisation (``normalize``):
 
@@ -33,17 +46,23 @@ training, as word2vec and gensim do, so context windows reach across them.
 from __future__ import annotations
 
 import functools
-import gc
 import gzip
+import json
+import logging
+import os
+import re
+import shutil
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from itertools import chain
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
+from textcl.arrow_cache import fingerprint_of
+from textcl.corpus_build import FORMAT, write_corpus
+from textcl.corpus_chunks import chunk_boundaries, cut_at_chunk_grid, longest_sentence
 from textcl.documents import (
     DataError,
     check_data_file,
@@ -52,6 +71,7 @@ from textcl.documents import (
     read_problem,
     text_problem,
 )
+from textcl.token_store import DiskArray, default_cache_dir, file_sha256, scratch_dir
 
 __all__ = [
     "Corpus",
@@ -61,13 +81,17 @@ __all__ = [
     "cut_at_chunk_grid",
     "iter_sentences",
     "load_corpus",
+    "longest_sentence",
     "moses_tokenize_line",
     "normalize_text",
 ]
 
 Normalize = Literal["none", "lowercase", "a-z", "moses"]
 
-_BLOCK_BYTES = 16 << 20
+logger = logging.getLogger("textcl")
+
+_BLOCK_BYTES = 4 << 20
+_BLOCK_ROWS = 65536
 
 # bytes.translate table for "a-z": A-Z -> a-z, a-z and "\n" kept, every other byte -> " ".
 _AZ_TABLE = bytearray(b" " * 256)
@@ -123,15 +147,19 @@ class Vocabulary:
 class Corpus:
     """The token stream of in-vocabulary words, cut into sentences.
 
-    ``ids[offsets[s]:offsets[s + 1]]`` are the vocabulary ids of sentence ``s``.
+    ``ids[offsets[s]:offsets[s + 1]]`` are the vocabulary ids of sentence ``s``. Both are
+    1-D arrays: on disk (:class:`~textcl.token_store.DiskArray`, read by slices) as
+    :func:`load_corpus` returns them, or numpy arrays (``np.asarray`` of those reads them
+    into memory; the training gives the same result with either).
     """
 
     source: str
     vocab: Vocabulary
-    ids: np.ndarray  # int32
-    offsets: np.ndarray  # int64, len = sentences + 1
+    ids: np.ndarray | DiskArray  # int32
+    offsets: np.ndarray | DiskArray  # int64, len = sentences + 1
     raw_words: int  # tokens read, including words dropped by min_count / max_vocab
     raw_sentences: int  # non-empty lines (after splitting overlong ones)
+    directory: Path | None = None  # where the arrays are stored (the cache entry)
 
     @property
     def words(self) -> int:
@@ -151,12 +179,15 @@ def _is_text_file(source: str) -> bool:
     return not (suffixes and suffixes[-1] in (".jsonl", ".json"))
 
 
-def _text_blocks(path: str, normalize: Normalize) -> Iterator[list[str]]:
-    """Lines of a text file, normalised, in blocks of about ``_BLOCK_BYTES``.
+def _text_blocks(path: str, normalize: Normalize) -> Iterator[tuple[list[str], bool]]:
+    """Lines of a text file, normalised, in blocks of about ``_BLOCK_BYTES``, each with
+    whether its last line goes on in the next block.
 
-    Raises ``DataError`` naming the line for binary data (a NUL byte) or bytes that are
-    not UTF-8 (a latin-1 file would otherwise become words with U+FFFD in them), and for
-    broken gzip data.
+    A line longer than a block comes in pieces cut after a space or tab (words are never
+    cut; not with ``moses``, whose tokens depend on the whole line): memory stays about two
+    blocks however long the lines. Raises ``DataError`` naming the line for binary data (a
+    NUL byte) or bytes that are not UTF-8 (a latin-1 file would otherwise become words with
+    U+FFFD in them), and for broken gzip data.
     """
     opener = gzip.open if path.endswith(".gz") else open
     line = 1  # number of the first line of the next block
@@ -178,15 +209,21 @@ def _text_blocks(path: str, normalize: Normalize) -> Iterator[list[str]]:
                     break
                 block = rest + block
                 cut = block.rfind(b"\n")
-                if cut < 0:
+                if cut >= 0:
+                    rest = block[cut + 1 :]
+                    lines = _decode_lines(checked(block[: cut + 1]), normalize)
+                    line += len(lines)
+                    yield lines, False
+                    del lines  # not alive while the next block is read
+                    continue
+                space = max(block.rfind(b" "), block.rfind(b"\t")) if normalize != "moses" else -1
+                if len(block) < _BLOCK_BYTES or space < 0:
                     rest = block
                     continue
-                rest = block[cut + 1 :]
-                lines = _decode_lines(checked(block[: cut + 1]), normalize)
-                line += len(lines)
-                yield lines
+                rest = block[space + 1 :]
+                yield _decode_lines(checked(block[: space + 1]), normalize), True
             if rest:
-                yield _decode_lines(checked(rest), normalize)
+                yield _decode_lines(checked(rest), normalize), False
     except (OSError, EOFError, zlib.error) as exc:
         raise read_problem(path, exc) from None
 
@@ -215,8 +252,9 @@ def _json_problem(source: str, exc: Exception) -> DataError:
     return problem
 
 
-def _dataset_blocks(source: str, normalize: Normalize, text_field: str) -> Iterator[list[str]]:
-    """Texts of a JSON-lines file or hub dataset (streaming), one text = one sentence."""
+def _dataset_blocks(source: str, normalize: Normalize, text_field: str) -> Iterator[tuple[list[str], bool]]:
+    """Texts of a JSON-lines file or hub dataset (streaming), one text = one sentence, in
+    blocks of at most ``_BLOCK_ROWS`` rows and about ``_BLOCK_BYTES`` characters."""
     import datasets
 
     datasets.disable_progress_bars()
@@ -231,6 +269,7 @@ def _dataset_blocks(source: str, normalize: Normalize, text_field: str) -> Itera
         except Exception as exc:
             raise _json_problem(source, exc) from None
     block: list[str] = []
+    chars = 0
     while True:
         try:
             with datasets_quiet():
@@ -249,14 +288,15 @@ def _dataset_blocks(source: str, normalize: Normalize, text_field: str) -> Itera
         text = row[text_field]
         if isinstance(text, str):
             block.append(normalize_text(text.replace("\n", " "), normalize))
-        if len(block) >= 65536:
-            yield block
-            block = []
+            chars += len(text)
+        if len(block) >= _BLOCK_ROWS or chars >= _BLOCK_BYTES:
+            yield block, False
+            block, chars = [], 0
     if block:
-        yield block
+        yield block, False
 
 
-def _line_blocks(source: str, normalize: Normalize, text_field: str) -> Iterator[list[str]]:
+def _line_blocks(source: str, normalize: Normalize, text_field: str) -> Iterator[tuple[list[str], bool]]:
     if not source.startswith("hf://"):
         check_data_file(source)  # missing, a directory, empty, binary, not UTF-8
     if _is_text_file(source):
@@ -271,20 +311,40 @@ def _sentence_blocks(
     max_sentences: int | None,
     max_sentence_length: int,
 ) -> Iterator[tuple[list[list[str]], int]]:
-    """Blocks of tokenised sentences (empty lines dropped, long ones split) and lines read."""
+    """Blocks of tokenised sentences (empty lines dropped, long ones split) and the number
+    of lines they finish.
+
+    A line longer than ``max_sentence_length`` words is read as pieces of that many (the
+    last shorter), counted from its first word, also when it comes in several blocks: the
+    words after its last whole piece wait for the next block.
+    """
+    size = max_sentence_length
     remaining = max_sentences
-    for lines in _line_blocks(source, normalize, text_field):
-        if remaining is not None:
-            lines = lines[:remaining]
-            remaining -= len(lines)
-        sentences = [s for s in map(str.split, lines) if s]
-        if any(len(s) > max_sentence_length for s in sentences):
+    carry: list[str] | None = None  # words of a line going on in the next block (< size)
+    for lines, open_end in _line_blocks(source, normalize, text_field):
+        finished = len(lines) - open_end
+        if remaining is not None and finished >= remaining:
+            lines, open_end, finished = lines[:remaining], False, remaining
+        words = list(map(str.split, lines))
+        if carry is not None and words:
+            words[0] = carry + words[0]
+        carry = None
+        if open_end:
+            tail = words.pop()
+            whole = len(tail) - len(tail) % size
+            carry = tail[whole:]
+            if whole:
+                words.append(tail[:whole])
+        sentences = [s for s in words if s]
+        if any(len(s) > size for s in sentences):
             # Split overlong lines as gensim's LineSentence does (text8 is one line).
-            L = max_sentence_length
-            sentences = [s[i : i + L] for s in sentences for i in range(0, len(s), L)]
-        yield sentences, len(lines)
-        if remaining is not None and remaining <= 0:
-            return
+            sentences = [s[i : i + size] for s in sentences for i in range(0, len(s), size)]
+        yield sentences, finished
+        del lines, words, sentences  # one block alive at a time
+        if remaining is not None:
+            remaining -= finished
+            if remaining <= 0:
+                return
 
 
 def iter_sentences(
@@ -301,6 +361,59 @@ def iter_sentences(
         yield from block
 
 
+# ------------------------------------------------------------------------------ on disk
+def _cache_stem(source: str) -> str:
+    """For people browsing the cache only: a lookup goes by the digest."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(source.removeprefix("hf://")).name.split(".")[0])[:40]
+    return stem or "corpus"
+
+
+def _open_stored(directory: Path, source: str) -> Corpus | None:
+    """The corpus written to ``directory``, or None (nothing there, or unreadable: removed)."""
+    if not (directory / "meta.json").is_file():
+        shutil.rmtree(directory, ignore_errors=True)  # not a finished corpus (those are renamed whole)
+        return None
+    try:
+        meta = json.loads((directory / "meta.json").read_text(encoding="utf-8"))
+        vocab = json.loads((directory / "vocab.json").read_text(encoding="utf-8"))
+        ids = DiskArray(directory / "ids.int32", np.int32, meta["words"])
+        offsets = DiskArray(directory / "offsets.int64", np.int64, meta["sentences"] + 1)
+        words, counts = vocab["words"], np.asarray(vocab["counts"], dtype=np.int64)
+        if len(words) != meta["vocabulary"] or len(counts) != len(words):
+            raise ValueError("vocabulary size")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        logger.warning("sgns: the corpus cache %s is unreadable (%s); reading the corpus again", directory, exc)
+        shutil.rmtree(directory, ignore_errors=True)
+        return None
+    return Corpus(source=source, vocab=Vocabulary(words=words, counts=counts), ids=ids, offsets=offsets,
+                  raw_words=int(meta["raw_words"]), raw_sentences=int(meta["raw_sentences"]), directory=directory)
+
+
+def _build_dir(root: Path | None, digest: str) -> tuple[Path, bool]:
+    """A fresh directory to write the corpus in, and whether it can go into the cache."""
+    if root is not None:
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            path = root / f".{digest}.{os.getpid()}.partial"
+            shutil.rmtree(path, ignore_errors=True)
+            path.mkdir()
+            return path, True
+        except OSError as exc:
+            logger.warning("sgns: cannot write the corpus cache in %s (%s); using a temporary directory", root, exc)
+    return scratch_dir(), False
+
+
+def _settings_key(normalize: str, min_count: int, max_vocab: int | None, text_field: str,
+                  max_sentences: int | None, max_sentence_length: int) -> dict[str, Any]:
+    key = {"format": FORMAT, "normalize": normalize, "min_count": min_count, "max_vocab": max_vocab,
+           "text_field": text_field, "max_sentences": max_sentences, "max_sentence_length": max_sentence_length}
+    if normalize == "moses":
+        from importlib.metadata import version
+
+        key["sacremoses"] = version("sacremoses")
+    return key
+
+
 def load_corpus(
     source: str | Path,
     *,
@@ -310,126 +423,53 @@ def load_corpus(
     text_field: str = "text",
     max_sentences: int | None = None,
     max_sentence_length: int = 10_000,
+    cache_dir: str | Path | None = None,
 ) -> Corpus:
-    """Read a corpus once: count words, build the vocabulary, encode the tokens.
+    """Read a corpus once: count words, build the vocabulary, write the tokens' ids to disk.
 
     A line of more than ``max_sentence_length`` words is read as consecutive sentences of
     at most that many (counted before the vocabulary filter, as gensim's ``LineSentence``).
+
+    The ids and sentence offsets are written once per file content and settings under
+    ``cache_dir`` (default :func:`~textcl.token_store.default_cache_dir`) and found there by
+    later calls (a resumed run reads no text); a hub dataset (``hf://``) is written to a
+    temporary directory removed at exit. The :class:`Corpus` reads them from disk by slices.
 
     Raises ``DataError`` (naming the file and the fix) when the corpus has no words or no
     word reaches ``min_count``, and (naming the line) when the file is missing, empty,
     binary, not UTF-8, broken gzip or not JSON lines.
     """
     source = str(source)
-    # Words get provisional ids in order of first appearance; counts come from one bincount.
-    provisional: dict[str, int] = {}
-    id_blocks: list[np.ndarray] = []
-    length_blocks: list[np.ndarray] = []
-    lines_read = 0
-    # Millions of short-lived lists and strings: the cyclic GC would rescan them over and
-    # over (5x the reading time measured); none of them can form a cycle.
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
+    key = _settings_key(normalize, min_count, max_vocab, text_field, max_sentences, max_sentence_length)
+    root = None
+    content = source
+    if not source.startswith("hf://"):
+        content = file_sha256(check_data_file(source))  # missing, a directory, empty, binary, not UTF-8
+        root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    digest = fingerprint_of("sgns-corpus", content, key)
+    final = root / f"{_cache_stem(source)}-{digest}" if root is not None else None
+    if final is not None:
+        cached = _open_stored(final, source)
+        if cached is not None:
+            logger.info("sgns: corpus %s from the cache %s", source, final)
+            return cached
+    directory, persistent = _build_dir(root, digest)
     try:
-        for sentences, n_lines in _sentence_blocks(source, normalize, text_field, max_sentences,
-                                                   max_sentence_length):
-            lines_read += n_lines
-            if not sentences:
-                continue
-            flat = list(chain.from_iterable(sentences))
-            for word in dict.fromkeys(flat):  # unique, in order of appearance
-                if word not in provisional:
-                    provisional[word] = len(provisional)
-            id_blocks.append(np.fromiter(map(provisional.__getitem__, flat), np.int32, len(flat)))
-            length_blocks.append(np.fromiter(map(len, sentences), np.int64, len(sentences)))
-            del flat, sentences
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-    if not provisional:
-        raise DataError(
-            f"{source}: the corpus has no words ({lines_read} lines read, normalize={normalize!r}); "
-            "point data.corpus at a text file with one sentence per line"
-            + (" or check data.normalize" if normalize == "a-z" else "")
-        )
-    prov_ids = np.concatenate(id_blocks)
-    lengths = np.concatenate(length_blocks)
-    counts = np.bincount(prov_ids, minlength=len(provisional)).astype(np.int64)
-    prov_words = np.array(list(provisional), dtype=object)
-
-    eligible = np.flatnonzero(counts >= min_count)
-    if len(eligible) == 0:
-        top = int(counts.argmax())
-        raise DataError(
-            f"{source}: no word occurs at least data.min_count={min_count} times "
-            f"({len(provisional)} distinct words, {int(counts.sum())} tokens; the most frequent, "
-            f"{prov_words[top]!r}, occurs {int(counts[top])} times); lower data.min_count or "
-            "use a larger corpus"
-        )
-    # Most frequent first; ties as gensim's sort_by_descending_frequency orders them (the
-    # word that appeared later first), so both keep the same words in the top N.
-    order = eligible[np.lexsort((-eligible, -counts[eligible]))]
-    if max_vocab is not None:
-        order = order[:max_vocab]
-    final = np.full(len(provisional), -1, np.int32)
-    final[order] = np.arange(len(order), dtype=np.int32)
-
-    ids = final[prov_ids]
-    keep = ids >= 0
-    sentence_of = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
-    kept_lengths = np.bincount(sentence_of[keep], minlength=len(lengths))
-    kept_lengths = kept_lengths[kept_lengths > 0]
-    offsets = np.zeros(len(kept_lengths) + 1, np.int64)
-    np.cumsum(kept_lengths, out=offsets[1:])
-    vocab = Vocabulary(words=[str(w) for w in prov_words[order]], counts=counts[order])
-    return Corpus(
-        source=source,
-        vocab=vocab,
-        ids=np.ascontiguousarray(ids[keep]),
-        offsets=offsets,
-        raw_words=int(len(prov_ids)),
-        raw_sentences=int(len(lengths)),
-    )
-
-
-def cut_at_chunk_grid(offsets: np.ndarray, chunk_words: int) -> np.ndarray:
-    """``offsets`` with the long sentences cut where they cross the chunk grid.
-
-    The grid is the word positions ``k * chunk_words`` of the token stream. A sentence
-    longer than ``chunk_words // 4`` words is cut at every grid position strictly inside
-    it; shorter sentences are left whole (so a corpus of ordinary sentences -- all shorter
-    than a quarter chunk -- comes back unchanged, as the same array). With the result,
-    :func:`chunk_boundaries` gives chunks of more than ``0.75 * chunk_words`` and less than
-    ``1.25 * chunk_words`` words (the last may be shorter), whatever the line lengths.
-    Without the cut a chunk holds up to ``chunk_words + max_sentence_length - 1`` words: two
-    ~10,000-word pieces of a single-line corpus fell into one 10,000-word chunk, a step of
-    twice the pairs. Each cut loses the pairs that would cross it (at most ``window *
-    (window + 1)``), as any sentence end does.
-    """
-    offsets = np.asarray(offsets, dtype=np.int64)
-    size = max(1, int(chunk_words))
-    starts, ends = offsets[:-1], offsets[1:]
-    first = starts // size + 1  # first grid line after the sentence's first word
-    last = (ends - 1) // size  # last grid line before its end
-    cuts = np.where(ends - starts > size // 4, np.maximum(last - first + 1, 0), 0)
-    total = int(cuts.sum())
-    if total == 0:
-        return offsets
-    # Grid line indices first[i], first[i] + 1, ... (cuts[i] of them) per sentence i.
-    step = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(cuts) - cuts, cuts)
-    grid = (np.repeat(first, cuts) + step) * size
-    return np.sort(np.concatenate([offsets, grid]))  # grid lines lie strictly inside sentences
-
-
-def chunk_boundaries(offsets: np.ndarray, chunk_words: int) -> np.ndarray:
-    """Sentence indices cutting a corpus into chunks of about ``chunk_words`` words.
-
-    Chunk ``k`` holds the sentences starting in words ``[k * chunk_words, (k + 1) *
-    chunk_words)``, so every chunk (except the last) has ``chunk_words`` words give or
-    take one sentence, and sentences are never cut here (:func:`cut_at_chunk_grid` first
-    cuts the long ones, so "one sentence" stays under a quarter chunk). Returns ``bounds``
-    with chunk ``c`` = sentences ``bounds[c]:bounds[c + 1]``.
-    """
-    starts = offsets[:-1] // max(1, int(chunk_words))
-    first = np.flatnonzero(np.r_[True, starts[1:] != starts[:-1]])
-    return np.append(first, len(offsets) - 1).astype(np.int64)
+        sentence_blocks = _sentence_blocks(source, normalize, text_field, max_sentences, max_sentence_length)
+        stats = write_corpus(sentence_blocks, directory, source=source, normalize=normalize,
+                             min_count=min_count, max_vocab=max_vocab)
+        meta = {**stats, "source": source, "content": content, "settings": key}
+        (directory / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    if persistent and final is not None:
+        try:
+            os.replace(directory, final)
+        except OSError:  # another process wrote it first: theirs is the same
+            shutil.rmtree(directory, ignore_errors=True)
+        directory = final
+    corpus = _open_stored(directory, source)
+    if corpus is None:  # pragma: no cover - written just now
+        raise DataError(f"{source}: the corpus written to {directory} cannot be read back")
+    return corpus

@@ -33,7 +33,10 @@ one chunk, twice the words and pairs of a step -- with the torch backend, whose 
 chunk's summed gradient, that tipped SGD into divergence and the float32 loss sum overflowed
 to inf, weights still finite.) A dataset item is one chunk's pairs and noise words, drawn
 in numpy from a generator seeded by (seed, epoch, chunk), so resumed runs see the same
-data. Two backends apply the updates:
+data. The corpus stays on disk (:func:`~textcl.corpus.load_corpus` writes its token ids
+and sentence offsets once, to ``data.cache_dir``): an item reads its chunk's slice of them,
+so the training process holds the vocabulary-sized tables and the chunk boundaries, never
+the token stream. Two backends apply the updates:
 
 * ``numba`` (CPU, the default there): a compiled kernel runs word2vec's per-pair SGD over
   the batch's pairs, Hogwild over ``objective.threads`` threads each taking a contiguous
@@ -66,8 +69,16 @@ from torch import nn
 
 from textcl.core.method import Method, MethodConfig
 from textcl.core.recipe import InputFile
-from textcl.corpus import Corpus, Normalize, chunk_boundaries, cut_at_chunk_grid, load_corpus
+from textcl.corpus import (
+    Corpus,
+    Normalize,
+    chunk_boundaries,
+    cut_at_chunk_grid,
+    load_corpus,
+    longest_sentence,
+)
 from textcl.documents import DataError
+from textcl.objectives._sgns_card import CITATION, render_word_vectors_card
 from textcl.objectives._sgns_updates import SparseSGD, numba_available, sgd_pairs, sgns_loss
 from textcl.word_vectors import WordVectors
 
@@ -86,15 +97,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("textcl")
-
-CITATION = """@inproceedings{mikolov2013distributed,
-  title = {Distributed Representations of Words and Phrases and their Compositionality},
-  author = {Mikolov, Tomas and Sutskever, Ilya and Chen, Kai and Corrado, Greg and Dean, Jeffrey},
-  booktitle = {Advances in Neural Information Processing Systems 26 (NIPS 2013)},
-  pages = {3111--3119},
-  year = {2013}
-}"""
-
 
 # --------------------------------------------------------------------- recipe sections
 class SGNSModel(MethodConfig):
@@ -115,6 +117,10 @@ class SGNSData(MethodConfig):
                     "LineSentence default); windows do not cross the pieces",
     )
     chunk_words: int = Field(10_000, ge=1, description="words per dataset item (gensim's job)")
+    cache_dir: str | None = Field(
+        None, description="where the corpus's token ids are written once and read from during training; "
+        "default $TEXTCL_CACHE/sgns or ~/.cache/textcl/sgns"
+    )
     # Word benchmarks computed by evaluate() (end of training / eval.every_n_steps).
     similarity_files: list[InputFile] = []
     analogy_file: InputFile | None = None
@@ -241,8 +247,9 @@ class _ChunkDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         obj, offsets = self.objective, self.offsets
         first, last = self.bounds[index], self.bounds[index + 1]
-        ids = self.corpus.ids[offsets[first] : offsets[last]]
-        lengths = np.diff(offsets[first : last + 1])
+        edges = np.asarray(offsets[first : last + 1])  # one read of each when on disk
+        ids = self.corpus.ids[edges[0] : edges[-1]]
+        lengths = np.diff(edges)
         rng = np.random.default_rng([self.seed, self.epoch, index])
         inputs, targets = skipgram_pairs(ids, lengths, obj.window, rng, self.keep_prob, obj.shrink_windows)
         negatives = draw_negatives(self.noise, (len(inputs), obj.negative), rng)
@@ -263,7 +270,7 @@ class SGNS(Method):
         self.threads = threads or config.objective.threads or torch.get_num_threads()
         self.updates_in_forward = backend == "numba"
         obj, vocab = config.objective, corpus.vocab
-        if not np.any(np.diff(corpus.offsets) >= 2):
+        if longest_sentence(corpus.offsets) < 2:
             raise DataError(
                 f"{corpus.source}: no sentence has two in-vocabulary words, so there is no "
                 f"(word, context) pair; use a corpus with one sentence per line or lower data.min_count"
@@ -320,7 +327,7 @@ class SGNS(Method):
         corpus = load_corpus(
             d.corpus, normalize=d.normalize, min_count=d.min_count, max_vocab=d.max_vocab,
             text_field=d.text_field, max_sentences=d.max_sentences,
-            max_sentence_length=d.max_sentence_length,
+            max_sentence_length=d.max_sentence_length, cache_dir=d.cache_dir,
         )
         logger.info(
             "sgns: %s: %d words (%d in vocabulary), %d sentences, vocabulary %d (%.1f s); backend %s",
@@ -450,45 +457,3 @@ class SGNS(Method):
         if self.cfg.model.save_text:
             wv.save(path / "vectors.txt")
         (path / "README.md").write_text(render_word_vectors_card(card_info), encoding="utf-8")
-
-
-def render_word_vectors_card(info: dict[str, Any]) -> str:
-    """Markdown model card for SGNS word vectors (``card_info`` plus ``metrics``/``recipe_yaml``);
-    local paths written portably (:func:`textcl.card.portable_card_info`), never absolute."""
-    from textcl import __version__
-    from textcl.card import TEXTCL_BIBTEX, portable_card_info, portable_text
-
-    info = portable_card_info(info)
-    out = [
-        "---", "library_name: textcl", "tags:", "- word2vec", "- word-embeddings",
-        "- skip-gram", "- contrastive-learning", "---", "",
-        "# Word vectors trained with textcl", "",
-        f"{info.get('vocabulary', '?')} words x {info.get('dim', '?')} dimensions, trained with "
-        f"{info.get('objective', 'SGNS')}. `vectors.bin` (and `vectors.txt`) are in the word2vec "
-        "binary (text) format, most frequent word first.", "",
-    ]
-    if info.get("settings"):
-        out += ["## Training", "", str(info["settings"]), ""]
-    if info.get("data"):
-        out += ["## Training data", "", str(info["data"]), ""]
-    if info.get("recipe_yaml"):
-        out += ["## Training recipe", "", "```yaml", str(info["recipe_yaml"]).rstrip("\n"), "```", ""]
-    metrics = info.get("metrics")
-    if metrics:
-        out += ["## Metrics", "", "| Metric | Value |", "|---|---|"]
-        out += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]
-        out.append("")
-    out += [
-        "## Usage", "", "```python",
-        "from textcl.word_vectors import WordVectors", "",
-        'wv = WordVectors.load("path/to/this/model")   # reads vectors.bin',
-        'print(wv.most_similar("king", topn=5))',
-        "",
-        "from gensim.models import KeyedVectors",
-        'kv = KeyedVectors.load_word2vec_format("path/to/this/model/vectors.bin", binary=True)',
-        "```", "",
-        "## Citation", "", "```bibtex", TEXTCL_BIBTEX % __version__, "```", "",
-        "```bibtex", str(info.get("objective_citation", CITATION)).strip(), "```", "",
-    ]
-    return portable_text("\n".join(out))
-
