@@ -102,7 +102,7 @@ __all__ = ["DEFAULT_ROWS", "ROWS", "RowSkipped", "Settings", "is_row", "main", "
 
 logger = logging.getLogger("benchmarks.compare_objectives")
 
-BASELINE_ROWS = ("random-init", "sgns-init", "sgns-bow-init", "avg-sgns")
+BASELINE_ROWS = ("random-init", "sgns-init", "sgns-bow-init", "sgns-bag-init", "avg-sgns")
 OBJECTIVE_ROWS = ("nsp", "neighbour", "permutation", "declutr", "cert")
 ROWS = (*BASELINE_ROWS, "st-simcse", *OBJECTIVE_ROWS)
 #: What the CLI runs by default: the rows plus the whitened untrained start (a curves baseline).
@@ -125,6 +125,10 @@ WHITEN_SENTENCES = 20_000
 #: at this weight -- chosen on STS-B *dev* (untrained, raw / whitened on 5,000 sentences):
 #: 0 -> 62.99 / 72.30, 2 -> 63.47 / 72.47, 8 -> 64.32 / 72.87.
 BOW_START_WEIGHT = 8.0
+#: ``sgns-bag-init``: ``base-sgns`` as a bag of its input embeddings (``model.context_weight`` 0,
+#: ``bow_weight`` 1): the untrained start of the bag-of-embeddings rows (``neighbour-bag``).
+#: Start rows: name -> (bow_weight, context_weight).
+START_ROWS = {"sgns-bow-init": (BOW_START_WEIGHT, 1.0), "sgns-bag-init": (1.0, 0.0)}
 BASE_ENV = "TEXTCL_SCRATCH_BASE"
 #: train.save_every_n_steps added to recipes that set none (resumable rows).
 CHECKPOINT_EVERY = 100
@@ -711,8 +715,8 @@ def _row_model(name: str, settings: Settings) -> Path:
         return _scratch_model(settings, "base-random")
     if name == "sgns-init":
         return _scratch_model(settings, "base-sgns")
-    if name == "sgns-bow-init":
-        return _bow_start(settings)
+    if name in START_ROWS:
+        return _bow_start(settings, name)
     path = settings.runs_dir / name
     if not (path / "modules.json").is_file():
         raise RowSkipped(f"{path} holds no finished model -- run the row {name!r} first")
@@ -753,18 +757,21 @@ def whiten_row(base: str, settings: Settings) -> dict[str, Any]:
     return {"base_row": base, **_whiten(model, settings.runs_dir / f"{base}{WHITEN_SUFFIX}", settings)}
 
 
-def _bow_start(settings: Settings) -> Path:
-    """``base-sgns`` with the residual bag-of-words path (written once under the runs dir)."""
+def _bow_start(settings: Settings, name: str = "sgns-bow-init") -> Path:
+    """``base-sgns`` with the bag-of-words path of start row ``name`` (:data:`START_ROWS`),
+    written once under the runs dir."""
     from textcl.encoders import TextEncoder
 
-    out = settings.runs_dir / "sgns-bow-init"
+    out = settings.runs_dir / name
     if not (out / "modules.json").is_file():
         from textcl.core.io import replace_dir
 
         tmp = out.with_name(f".{out.name}.tmp")
         if tmp.exists():
             shutil.rmtree(tmp)
-        TextEncoder.from_pretrained(_scratch_model(settings, "base-sgns"), bow_weight=BOW_START_WEIGHT).save(tmp)
+        bow_weight, context_weight = START_ROWS[name]
+        TextEncoder.from_pretrained(_scratch_model(settings, "base-sgns"), bow_weight=bow_weight,
+                                    context_weight=context_weight).save(tmp)
         out.parent.mkdir(parents=True, exist_ok=True)
         replace_dir(tmp, out)
     return out
@@ -778,9 +785,11 @@ def prepare_row(name: str, settings: Settings) -> dict[str, Any]:
     if name == "sgns-init":
         path = _scratch_model(settings, "base-sgns")
         return {"model": str(path), "command": f"(untrained) {path}"}
-    if name == "sgns-bow-init":
-        path = _bow_start(settings)
-        return {"model": str(path), "command": f"(untrained) {path}: base-sgns + bow_weight {BOW_START_WEIGHT:g}"}
+    if name in START_ROWS:
+        path = _bow_start(settings, name)
+        bow_weight, context_weight = START_ROWS[name]
+        return {"model": str(path), "command": f"(untrained) {path}: base-sgns + bow_weight {bow_weight:g}, "
+                f"context_weight {context_weight:g}"}
     if name == "avg-sgns":
         path = _scratch_model(settings, "sgns")
         return {"model": f"avg-word-vectors:{path}", "command": f"mean of the SGNS vectors in {path}"}

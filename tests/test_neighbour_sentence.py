@@ -231,3 +231,39 @@ train: {{batch_size: {batch}, max_steps: 40, lr: 0.001, warmup_steps: 3, log_eve
         texts = ["Red blue green.", "The king and the queen."]
         np.testing.assert_allclose(Embedder.load(str(out)).encode(texts),
                                    SentenceTransformer(str(out), device="cpu").encode(texts), atol=1e-5)
+
+
+def test_bag_of_embeddings_encoder_learns_and_only_its_table_moves(tmp_path, tiny_bert_dir, one_thread):
+    """model.context_weight 0 (Siamese CBOW): the objective trains the input-embedding table of a
+    bag-of-embeddings encoder; held-out neighbour metrics beat the untrained start, the skipped
+    transformer layers are bit-identical, and the saved model is the same bag."""
+    from safetensors.torch import load_file
+
+    from textcl.embed import Embedder
+    from textcl.encoders import TextEncoder
+
+    docs = topic_documents(tmp_path / "docs.jsonl")
+    recipe = tmp_path / "bag.yaml"
+    recipe.write_text(f"""
+method: neighbour
+output_dir: {tmp_path / 'run'}
+seed: 3
+model: {{name_or_path: {tiny_bert_dir}, max_seq_length: 32, bow_weight: 1.0, context_weight: 0.0}}
+data: {{documents: {docs}, held_out_fraction: 0.25, max_tokens: 12, cache_dir: {tmp_path / 'cache'}}}
+objective: {{positives: sample, eval_queries_per_document: 1}}
+train: {{batch_size: 16, max_steps: 40, lr: 0.01, warmup_steps: 3, log_every_n_steps: 5}}
+""")
+    assert main([str(recipe)]) == 0
+    out = tmp_path / "run"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["neighbour_heldout_loss"] < metrics["initial/neighbour_heldout_loss"] - 0.3
+    start, trained = load_file(str(tiny_bert_dir / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    moved = {k for k in start if not torch.equal(start[k], trained[k])}
+    assert moved and all("word_embeddings" in k for k in moved), moved
+    enc = TextEncoder.from_pretrained(out)
+    assert (enc.context_weight, enc.bow_weight) == (0.0, 1.0)
+    texts = ["the cat sat on the mat", "a ship at sea"]
+    feats = enc.tokenize(texts)
+    with torch.no_grad():
+        expected = torch.nn.functional.normalize(enc(feats), dim=-1).numpy()
+    np.testing.assert_allclose(Embedder.load(out, device="cpu").encode(texts), expected, atol=1e-5)
