@@ -19,11 +19,16 @@ benchmarks/results/speed.json --plot`` takes about 15 minutes on 2 idle cores.
   textcl's ``GradCache`` (``textcl.core.gradcache``, as ``train.mini_batch_size`` runs it,
   each side in length-bucketed chunks) vs ST's ``CachedMultipleNegativesRankingLoss``
   (``mini_batch_size=M``). Examples/s and peak memory: every round of each library runs in
-  a fresh process, which first takes one small warm-up step (optimizer state, kernels); its
-  resident-memory high-water mark (Linux ``VmHWM``, reset just before the timed steps) minus
-  its resident memory before them is the steps' peak memory. A check round (dropout off, one
-  step of the first ``--gradcache-check-pairs`` pairs from the fresh weights, same
-  mini-batches) checks that the two losses agree.
+  a fresh process, which first takes one small warm-up step (optimizer state, kernels), then
+  ``malloc_trim(0)`` (the heap pages the warm-up freed go back to the system; kept, they
+  would hide part of the steps' peak, more for the library whose warm-up pads more:
+  ``--gradcache-untrimmed`` measures without it, as before); its resident-memory high-water
+  mark (Linux ``VmHWM``, reset just before the timed steps) minus its resident memory before
+  them is the steps' peak memory. A check round (dropout off, one step of the first
+  ``--gradcache-check-pairs`` pairs from the fresh weights, same mini-batches) checks that
+  the two losses agree. ``--gradcache-rss-only`` measures memory alone (no speed figures, for
+  a loaded machine): textcl, textcl without the mmap threshold its GradCache pins on CPU,
+  and ST, each with and without the trim (docs/benchmarks/gradcache-memory.md).
 * ``sgns``: skip-gram with negative sampling, textcl (recipe path, numba kernel) vs gensim
   ``Word2Vec(sg=1)``, same tokenised corpus, settings and threads (``benchmarks.sgns_speed``'s
   functions; that module also measures quality and the full corpus): words/s = corpus words x
@@ -57,6 +62,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import math
 import os
 import re
 import shlex
@@ -87,6 +93,8 @@ PEERS: dict[str, str | None] = {
 }
 #: The issue's speed targets (ratio textcl / peer).
 TARGETS = {"encode": 1.3, "train": 1.1, "gradcache": 1.0}
+#: The issue's memory target: CPU GradCache step peak RSS, textcl / ST.
+MEMORY_TARGET = 1.0
 NO_PEER = (
     "no peer measured: no common library trains these methods on the same backbone, "
     "augmentations and data pipeline"
@@ -328,14 +336,17 @@ class _CachedPairs(torch.nn.Module):
         return {"loss": info_nce(emb["anchor"], emb["positive"], temperature=TEMPERATURE)}
 
 
-def textcl_cached_step(model: str, mini_batch_size: int) -> Step:
-    """textcl's GradCache over a fresh ``TextEncoder``, sides tokenized in chunks as on CPU."""
-    from textcl.core.gradcache import GradCache
+def textcl_cached_step(model: str, mini_batch_size: int, pin_malloc: bool = True) -> Step:
+    """textcl's GradCache over a fresh ``TextEncoder``, sides tokenized in chunks as on CPU.
+
+    ``pin_malloc=False``: GradCache leaves glibc's dynamic mmap threshold alone (its
+    behaviour before it pinned the threshold; ``TEXTCL_UNPINNED``)."""
+    from textcl.core.gradcache import CPU_MMAP_THRESHOLD, GradCache
     from textcl.encoders import TextEncoder
 
     enc = TextEncoder.from_pretrained(model).to(DEVICE)
     chunk = _chunk_budget(enc.dim)
-    cache = GradCache(_CachedPairs(enc), mini_batch_size)
+    cache = GradCache(_CachedPairs(enc), mini_batch_size, cpu_mmap_threshold=CPU_MMAP_THRESHOLD if pin_malloc else None)
     opt = torch.optim.AdamW(enc.parameters(), lr=LEARNING_RATE)
 
     def step(anchors: list[str], positives: list[str]) -> float:
@@ -361,6 +372,24 @@ def st_cached_step(model: str, mini_batch_size: int) -> Step:
     return _step_fn(st, lambda a, b: loss_fn([_to_device(st.preprocess(a)), _to_device(st.preprocess(b))], None))
 
 
+#: The rss-only run's extra textcl configuration: GradCache without its pinned mmap threshold.
+TEXTCL_UNPINNED = "textcl (dynamic mmap threshold)"
+
+
+def _malloc_trim() -> bool:
+    """glibc ``malloc_trim(0)``: give the free heap pages back to the system (False off glibc)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)
+        if not hasattr(libc, "gnu_get_libc_version"):
+            return False
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        return False
+    return True
+
+
 def _status_kib(key: str) -> int | None:
     try:
         with open("/proc/self/status") as f:
@@ -371,9 +400,15 @@ def _status_kib(key: str) -> int | None:
 
 def _cached_round(
     library: str, model: str, batches: list[tuple[list[str], list[str]]], mini_batch_size: int,
-    dropout: bool, threads: int, device: str = "cpu",
+    dropout: bool, threads: int, device: str = "cpu", trim: bool = True,
 ) -> dict[str, Any]:
-    """One round of one library, in a fresh process: seconds, losses, peak memory (MiB)."""
+    """One round of one library, in a fresh process: seconds, losses, peak memory (MiB).
+
+    CPU: with ``trim`` (the default) ``malloc_trim(0)`` runs after the warm-up step, before the
+    resident memory is read and its high-water mark reset, so that memory the warm-up freed
+    but malloc kept (the heap's free pages) is not counted as held before the steps: it would
+    hide that much of the steps' own peak, and how much depends on the library's warm-up.
+    """
     import resource
 
     global DEVICE
@@ -382,10 +417,14 @@ def _cached_round(
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    make = textcl_cached_step if library == "textcl" else st_cached_step
-    step = make(model, mini_batch_size)
+    if library == ST:
+        step = st_cached_step(model, mini_batch_size)
+    else:
+        step = textcl_cached_step(model, mini_batch_size, pin_malloc=library != TEXTCL_UNPINNED)
+    loaded = _status_kib("VmRSS") if device == "cpu" else None
     step.dropout = dropout
     if dropout:  # timed round: a small warm-up step allocates the optimizer state and kernels first
+        torch.manual_seed(SEED)  # its dropout too: the same weights after it in every process
         step(batches[0][0][:mini_batch_size], batches[0][1][:mini_batch_size])
     torch.manual_seed(SEED)
     if device != "cpu":  # GPU memory: what the steps allocate above what is held before them
@@ -398,6 +437,9 @@ def _cached_round(
         step_mb = (torch.cuda.max_memory_allocated() - held) / 2**20
         return {"seconds": seconds, "losses": losses, "peak_mb": torch.cuda.max_memory_allocated() / 2**20,
                 "step_peak_mb": step_mb}
+    warm_hwm = _status_kib("VmHWM")
+    untrimmed = _status_kib("VmRSS")
+    trimmed = trim and _malloc_trim()
     before = _status_kib("VmRSS")
     try:  # reset the high-water mark (VmHWM) to the current RSS: the peak of the steps alone
         with open("/proc/self/clear_refs", "w") as f:
@@ -410,7 +452,11 @@ def _cached_round(
     seconds = time.perf_counter() - start
     peak = _status_kib("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     step_mb = (peak - before) / 1024 if reset and peak is not None and before is not None else None
-    return {"seconds": seconds, "losses": losses, "peak_mb": (peak or 0) / 1024, "step_peak_mb": step_mb}
+    mib = {k: (v / 1024 if v is not None else None) for k, v in
+           {"loaded_mb": loaded, "warmup_peak_mb": warm_hwm, "before_untrimmed_mb": untrimmed, "before_mb": before}.items()}
+    above_load = (max(peak or 0, warm_hwm or 0) - loaded) / 1024 if reset and loaded and warm_hwm else None
+    return {"seconds": seconds, "losses": losses, "peak_mb": (peak or 0) / 1024, "step_peak_mb": step_mb,
+            "trimmed": trimmed, "peak_above_load_mb": above_load, **mib}
 
 
 def _in_fresh_process(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
@@ -422,7 +468,7 @@ def _in_fresh_process(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str
 
 def bench_gradcache(
     model: str, texts: list[str], batch_size: int = 1024, mini_batch_size: int = 32,
-    steps: int = 1, rounds: int = 2, check_pairs: int | None = 128,
+    steps: int = 1, rounds: int = 2, check_pairs: int | None = 128, trim: bool = True,
 ) -> dict[str, Any]:
     """Examples/s and peak memory of GradCache steps: textcl vs ST's cached MNRL.
 
@@ -451,7 +497,7 @@ def bench_gradcache(
     for r in range(rounds + 1):
         for name in libs:
             res = _in_fresh_process(
-                _cached_round, name, model, batches if r else check, mini_batch_size, r > 0, threads, DEVICE
+                _cached_round, name, model, batches if r else check, mini_batch_size, r > 0, threads, DEVICE, trim
             )
             if r:
                 seconds[name].append(res["seconds"])
@@ -470,12 +516,83 @@ def bench_gradcache(
         batch_size=batch_size, mini_batch_size=mini_batch_size, steps=steps, rounds=rounds,
         check_pairs=n_check, lr=LEARNING_RATE, temperature=TEMPERATURE,
         memory=("peak resident memory of the steps above the process's resident memory before them (MiB)"
+                + (", read after malloc_trim(0)" if trim else ", untrimmed")
                 if DEVICE == "cpu" else
                 "torch.cuda.max_memory_allocated during the steps minus memory_allocated before them (MiB)"),
     )
     result.update(first_step_loss=first, last_step_loss=last)
     result["first_step_loss_diff"] = abs(first["textcl"] - first[ST])
     return result
+
+
+def _floor2(ratio: float) -> str:
+    """A ratio with 2 decimals as measured: cut, never rounded up (0.996 -> "0.99")."""
+    return f"{math.floor(ratio * 100) / 100:.2f}"
+
+
+def bench_gradcache_rss(
+    model: str, texts: list[str], batch_size: int = 1024, mini_batch_size: int = 32,
+    steps: int = 1, rounds: int = 2,
+) -> dict[str, Any]:
+    """Peak resident memory (no speed figures) of GradCache steps on CPU, three configurations.
+
+    textcl (as the library runs it), textcl without its pinned mmap threshold
+    (``TEXTCL_UNPINNED``: what it did before) and ST's cached MNRL, each measured both ways:
+    ``trimmed`` (``malloc_trim`` after the warm-up, see ``_cached_round``: the measurement the
+    ratio is taken from) and ``untrimmed`` (the old one). One fresh process per configuration,
+    way and round (rounds alternate), medians over the rounds. Seconds are not reported: this
+    mode is for loaded machines, where only memory is meaningful.
+    """
+    need = 2 * batch_size * steps
+    if len(texts) < need:
+        raise ValueError(f"{steps} steps of batch {batch_size} need {need} texts, got {len(texts)}")
+    anchors, positives = texts[0:need:2], texts[1:need:2]
+    batches = [(anchors[i : i + batch_size], positives[i : i + batch_size]) for i in range(0, need // 2, batch_size)]
+    libs = ["textcl", TEXTCL_UNPINNED, ST]
+    ways = {"trimmed": True, "untrimmed": False}
+    keys = ("step_peak_mb", "peak_above_load_mb", "peak_mb", "loaded_mb", "warmup_peak_mb",
+            "before_untrimmed_mb", "before_mb", "last_step_loss")
+    runs = {name: {way: {k: [] for k in keys} for way in ways} for name in libs}
+    threads = torch.get_num_threads()
+    for _ in range(rounds):
+        for way, trim in ways.items():
+            for name in libs:
+                res = _in_fresh_process(_cached_round, name, model, batches, mini_batch_size, True, threads, "cpu", trim)
+                res["last_step_loss"] = res["losses"][-1]
+                for k in keys:
+                    runs[name][way][k].append(res[k])
+    libraries: dict[str, dict[str, Any]] = {}
+    for name, by_way in runs.items():
+        libraries[name] = {way: {**r, "median_step_peak_mb": statistics.median(r["step_peak_mb"]),
+                                 "median_peak_above_load_mb": statistics.median(r["peak_above_load_mb"])}
+                           for way, r in by_way.items()}
+        libraries[name]["median_peak_mb"] = libraries[name]["trimmed"]["median_step_peak_mb"]
+    unit = "MiB step peak RSS"
+    for lib in libraries.values():
+        lib[unit] = lib["median_peak_mb"]
+
+    def ratio(name: str, way: str, key: str) -> float:
+        return libraries[name][way][key] / max(libraries[ST][way][key], 1e-9)
+
+    return {
+        "unit": unit, "peer": ST, "rss_only": True, "libraries": libraries,
+        "ratio": ratio("textcl", "trimmed", "median_step_peak_mb"),
+        "memory_ratio": ratio("textcl", "trimmed", "median_step_peak_mb"),
+        "memory_ratios": {
+            f"{name} / ST, {way} step peak": ratio(name, way, "median_step_peak_mb")
+            for way in ways for name in libs[:2]
+        } | {
+            f"{name} / ST, peak above the loaded model": ratio(name, "trimmed", "median_peak_above_load_mb")
+            for name in libs[:2]
+        },
+        "batch_size": batch_size, "mini_batch_size": mini_batch_size, "steps": steps, "rounds": rounds,
+        "threads": threads, "dropout": True, "lr": LEARNING_RATE, "temperature": TEMPERATURE,
+        "memory": ("step_peak_mb: VmHWM during the steps (reset just before them) minus VmRSS before them; "
+                   "trimmed: read after malloc_trim(0), untrimmed: without (the warm-up's free heap pages "
+                   "counted as held, the old measurement); peak_above_load_mb: the process's peak (warm-up "
+                   "step included) minus its RSS once the model was loaded; MiB, one fresh process per "
+                   "configuration, way and round; the ratio: textcl / ST of the trimmed medians"),
+    }
 
 
 # --------------------------------------------------------------------------- SGNS vs gensim
@@ -647,6 +764,11 @@ def table_rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, ...]]:
             continue
         peer = res["peer"]
         ours, theirs = res["libraries"]["textcl"][unit], res["libraries"][peer][unit]
+        if res.get("rss_only"):  # memory: lower is better, ratio cut (never rounded up)
+            verdict = f"<= {MEMORY_TARGET}x: " + ("ok" if res["ratio"] <= MEMORY_TARGET else "above")
+            rows.append((section, "textcl", f"{ours:.0f} MiB", peer, f"{theirs:.0f} MiB",
+                         f"{_floor2(res['ratio'])}x", verdict))
+            continue
         target = TARGETS.get(section)
         verdict = "" if target is None else f">= {target}x: " + ("ok" if res["ratio"] >= target else "below")
         rows.append((section, "textcl", f"{_fmt(ours)} {unit}", peer, f"{_fmt(theirs)} {unit}",
@@ -673,6 +795,16 @@ def print_report(results: dict[str, dict[str, Any]], env: dict[str, Any]) -> Non
         if section == "encode":
             print(f"encode: {res['count']} texts, batch {res['batch_size']}, median of {res['rounds']} rounds; "
                   f"max |textcl - ST| over the outputs {res['max_abs_diff']:.2e}")
+        elif section == "gradcache" and res.get("rss_only"):
+            libs = res["libraries"]
+            print(f"gradcache (peak RSS only, no speed): batch {res['batch_size']}, mini-batches of "
+                  f"{res['mini_batch_size']}, {res['steps']} step(s), dropout on, median of {res['rounds']} "
+                  "fresh processes each")
+            for way in ("trimmed", "untrimmed"):
+                mem = ", ".join(f"{lib} {r[way]['median_step_peak_mb']:.0f}" for lib, r in libs.items())
+                print(f"  step peak MiB, {way}: {mem}")
+            for what, r in res["memory_ratios"].items():
+                print(f"  {what}: {_floor2(r)}")
         elif section in ("train", "gradcache"):
             first = res["first_step_loss"]
             line = (f"{section}: batch {res['batch_size']}, {res['steps']} step(s) per round, median of "
@@ -681,7 +813,7 @@ def print_report(results: dict[str, dict[str, Any]], env: dict[str, Any]) -> Non
             if section == "gradcache":
                 mem = ", ".join(f"{lib} {r['median_peak_mb']:.0f} MiB" for lib, r in res["libraries"].items())
                 line += (f"\n  mini-batches of {res['mini_batch_size']}; loss check on {res['check_pairs']} pairs; "
-                         f"step peak memory: {mem} (textcl / ST = {res['memory_ratio']:.2f})")
+                         f"step peak memory: {mem} (textcl / ST = {_floor2(res['memory_ratio'])})")
             print(line)
         elif section == "sgns":
             print(f"sgns: {res['words']:,} words ({res['sentences']:,} sentences of {Path(res['corpus']).name}) "
@@ -710,6 +842,20 @@ def write_plot(report: dict[str, Any], png: Path) -> None:
             bars = ax.bar(names, [res["methods"][n][unit] for n in names], color="tab:blue")
             ax.set_title(f"{section}: train step (no peer)")
             ax.tick_params(axis="x", labelrotation=30)
+        elif res.get("rss_only"):
+            names = list(res["libraries"])
+            labels = [n.replace("sentence-transformers", "sentence-\ntransformers").replace(" (", "\n(")
+                      .replace("mmap threshold", "mmap\nthreshold") for n in names]
+            bars = ax.bar(labels, [res["libraries"][n]["median_peak_mb"] for n in names],
+                          color=["tab:blue", "tab:orange", "tab:gray"][: len(names)])
+            for bar, n in zip(bars, names):
+                ax.plot(bar.get_x() + bar.get_width() / 2, res["libraries"][n]["untrimmed"]["median_step_peak_mb"],
+                        "k_", markersize=18)
+            ax.set_title(f"{section} step peak RSS: textcl / ST = {_floor2(res['ratio'])}x\n"
+                         "(bars: after malloc_trim; dashes: untrimmed)", fontsize=9)
+            ax.set_xlabel(f"batch {res['batch_size']}, mini-batch {res['mini_batch_size']}, "
+                          f"median of {res['rounds']} processes", fontsize=8)
+            ax.tick_params(axis="x", labelsize=8)
         else:
             names = ["textcl", res["peer"]]
             bars = ax.bar(["textcl", res["peer"].replace("sentence-transformers", "sentence-\ntransformers")],
@@ -763,6 +909,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--gradcache-steps", type=int, default=1, help="gradcache: steps per round")
     p.add_argument("--gradcache-rounds", type=int, default=2, help="gradcache: timed rounds (a fresh process each)")
     p.add_argument("--gradcache-check-pairs", type=int, default=128, help="gradcache: pairs of the loss check")
+    p.add_argument("--gradcache-rss-only", action="store_true",
+                   help="gradcache: CPU peak resident memory only (textcl, textcl without its pinned mmap "
+                        "threshold, ST; with and without malloc_trim), no speed figures; fit for a loaded machine")
+    p.add_argument("--gradcache-untrimmed", action="store_true",
+                   help="gradcache (timed): no malloc_trim before the steps (the old measurement: memory the "
+                        "warm-up left to malloc counts as held before them)")
     p.add_argument("--sgns-corpus", default=None, help="sgns: corpus (default DATA/" + CORPUS + ")")
     p.add_argument("--sgns-max-sentences", type=int, default=100_000,
                    help="sgns: first N sentences of the corpus (0: all, ~500k, 5x longer)")
@@ -822,10 +974,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             results[section] = bench_encode(model, texts[: args.n], batch["encode"], args.rounds)
         elif section == "train":
             results[section] = bench_train(model, texts, batch["train"], args.steps, args.rounds)
+        elif section == "gradcache" and args.gradcache_rss_only:
+            if DEVICE != "cpu":
+                p.error("--gradcache-rss-only measures CPU resident memory; leave out --device cuda")
+            results[section] = bench_gradcache_rss(
+                model, texts, batch["gradcache"], args.mini_batch_size, args.gradcache_steps, args.gradcache_rounds,
+            )
         elif section == "gradcache":
             results[section] = bench_gradcache(
                 model, texts, batch["gradcache"], args.mini_batch_size, args.gradcache_steps,
-                args.gradcache_rounds, args.gradcache_check_pairs,
+                args.gradcache_rounds, args.gradcache_check_pairs, trim=not args.gradcache_untrimmed,
             )
         elif section == "sgns":
             results[section] = bench_sgns(
