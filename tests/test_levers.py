@@ -212,3 +212,67 @@ def test_recipe_context_weight_zero_needs_a_bag_of_words_path(tmp_path):
         build_encoder(EncoderSection(name_or_path=str(src), context_weight=0.0))
     enc = build_encoder(EncoderSection(name_or_path=str(src), context_weight=0.0, bow_weight=1.0))
     assert enc.context_weight == 0.0 and enc.bow_weight == 1.0
+
+
+def test_start_bag_concatenates_a_frozen_copy_of_the_start_table(tmp_path):
+    """model.start_bag_weight: [normalize(trained), w * normalize(bag of the start table)];
+    the copy never trains, and the cosine is the weighted mean of the two halves' cosines."""
+    plain = tiny_encoder(tmp_path).eval()
+    table0 = plain.transformer.get_input_embeddings().weight.detach().clone()
+    enc = TextEncoder(plain.transformer, plain.tokenizer, max_seq_length=32, bow_weight=1.0, context_weight=0.0,
+                      start_bag_weight=0.5)
+    assert (enc.dim, enc.forward_dim, enc.output_dim) == (plain.dim, 2 * plain.dim, 2 * plain.dim)
+    feats = enc.tokenize(TEXTS[:6])
+    mask = feats["attention_mask"].unsqueeze(-1).float()
+    n = torch.nn.functional.normalize
+    out = enc(feats)
+    bag_now = (enc.transformer.get_input_embeddings().weight[feats["input_ids"]] * mask).sum(1) / mask.sum(1)
+    np.testing.assert_allclose(out.detach().numpy(), torch.cat([n(bag_now, dim=-1), 0.5 * n(bag_now, dim=-1)], 1)
+                               .detach().numpy(), atol=1e-6)
+    # One SGD step moves the trained table, never the start copy.
+    opt = torch.optim.SGD([p for p in enc.parameters() if p.requires_grad], lr=1.0)
+    (out[:, : enc.dim] * torch.randn(6, enc.dim)).sum().backward()
+    opt.step()
+    assert not torch.equal(enc.transformer.get_input_embeddings().weight, table0)
+    assert torch.equal(enc.start_bag.weight, table0) and not enc.start_bag.weight.requires_grad
+    with torch.no_grad():
+        out = enc(feats)
+        trained = (enc.transformer.get_input_embeddings().weight[feats["input_ids"]] * mask).sum(1) / mask.sum(1)
+        start = (table0[feats["input_ids"]] * mask).sum(1) / mask.sum(1)
+    cos = n(out, dim=-1) @ n(out, dim=-1).T
+    cos_t, cos_0 = n(trained, dim=-1) @ n(trained, dim=-1).T, n(start, dim=-1) @ n(start, dim=-1).T
+    np.testing.assert_allclose(cos.numpy(), ((cos_t + 0.25 * cos_0) / 1.25).numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match="start_bag_weight"):
+        TextEncoder(plain.transformer, plain.tokenizer, start_bag_weight=1.0, projection_dim=8)
+
+
+def test_start_bag_model_saves_and_loads_in_textcl_and_sentence_transformers(tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    plain = tiny_encoder(tmp_path)
+    table0 = plain.transformer.get_input_embeddings().weight.detach().clone()
+    enc = TextEncoder(plain.transformer, plain.tokenizer, max_seq_length=32, bow_weight=1.0, context_weight=0.0,
+                      start_bag_weight=2.0)
+    with torch.no_grad():  # the trained table moves away from the saved start copy
+        enc.transformer.get_input_embeddings().weight.add_(0.1 * torch.randn_like(table0))
+    enc.save(tmp_path / "m", model_card="# m\n")
+    again = TextEncoder.from_pretrained(tmp_path / "m")
+    assert again.start_bag_weight == 2.0 and torch.equal(again.start_bag.weight, table0)
+    ours = Embedder.load(tmp_path / "m", device="cpu").encode(TEXTS, batch_size=8)
+    st = SentenceTransformer(str(tmp_path / "m"), device="cpu", trust_remote_code=True)
+    assert st.get_embedding_dimension() == 2 * plain.dim
+    np.testing.assert_allclose(ours, st.encode(TEXTS), atol=1e-5, rtol=0)
+    with torch.no_grad():
+        np.testing.assert_allclose(ours, torch.nn.functional.normalize(enc(enc.tokenize(TEXTS)), dim=-1).numpy(),
+                                   atol=1e-5)
+    # Training on from a saved start-bag model keeps its start copy, not the trained table.
+    resumed = build_encoder(EncoderSection(name_or_path=str(tmp_path / "m")))
+    assert resumed.start_bag_weight == 2.0 and torch.equal(resumed.start_bag.weight, table0)
+
+
+def test_recipe_start_bag_weight_rejects_a_projection_head(tmp_path):
+    src = tmp_path / "model"
+    tiny_encoder(tmp_path).save(src)
+    with pytest.raises(RecipeError, match="model.start_bag_weight.*projection_dim"):
+        build_encoder(EncoderSection(name_or_path=str(src), start_bag_weight=1.0, projection_dim=8))
+    assert build_encoder(EncoderSection(name_or_path=str(src), start_bag_weight=1.0)).start_bag is not None

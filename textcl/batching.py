@@ -6,6 +6,8 @@ Used by :meth:`textcl.encoders.TextEncoder.collate` (chunked training batches) a
 
 from __future__ import annotations
 
+from typing import Any
+
 #: Padded tokens per forward pass on CPU for a 384-d model (scaled by 384/d); see cpu_token_budget.
 CPU_TOKENS_PER_FORWARD = 2048
 
@@ -41,3 +43,21 @@ def plan_length_batches(lengths: list[int], max_items: int, token_budget: int | 
         batches.append((start, end))
         start = end
     return batches
+
+
+def special_affixes(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """Special-token ids ``tokenizer`` puts before and after a single sequence."""
+    if hasattr(tokenizer, "build_inputs_with_special_tokens"):
+        # Slow tokenizers and transformers 4.x: ask directly, with a sentinel id.
+        sentinel = -987654
+        full = list(tokenizer.build_inputs_with_special_tokens([sentinel]))
+        core = [sentinel]
+    else:
+        # transformers 5 tokenizers have no build_inputs_with_special_tokens: compare
+        # one probe text encoded with and without special tokens.
+        core = tokenizer("hello", add_special_tokens=False)["input_ids"]
+        full = tokenizer("hello", add_special_tokens=True)["input_ids"]
+    for i in range(len(full) - len(core) + 1):
+        if full[i : i + len(core)] == core:
+            return full[:i], full[i + len(core) :]
+    raise RuntimeError(f"cannot find where {type(tokenizer).__name__} puts its special tokens")  # pragma: no cover

@@ -8,12 +8,12 @@ The text stack, lowest first (a module imports only from modules listed before i
 
     textcl.core.io          files (INSTALL_MARKER, atomic writes)
     textcl.pooling          pool, bow_mean, POOLING_MODES
-    textcl.batching         cpu_token_budget, plan_length_batches
+    textcl.batching         cpu_token_budget, plan_length_batches, special_affixes
     textcl.model_location   hub probe, offline fallback, locate_model, ModelLoadError
     textcl.whitening_layer  Whitening (the ST Dense layer a whitened model ends with)
     textcl.st_folder        reading / writing the ST directory layout
     textcl.encoders         TextEncoder (this module)
-    textcl.st_modules       BagOfWordsResidual (loaded by sentence-transformers)
+    textcl.st_modules       BagOfWordsResidual, StartBag (loaded by sentence-transformers)
     textcl.embed            Embedder
     textcl.whitening        whiten_model and its command line (imported by nothing in textcl)
 
@@ -36,7 +36,12 @@ import torch
 from torch import nn
 
 # Re-exported: these names lived here before the split, and callers import them from here.
-from textcl.batching import CPU_TOKENS_PER_FORWARD, cpu_token_budget, plan_length_batches  # noqa: F401
+from textcl.batching import (  # noqa: F401
+    CPU_TOKENS_PER_FORWARD,
+    cpu_token_budget,
+    plan_length_batches,
+    special_affixes,
+)
 from textcl.model_location import (  # noqa: F401
     _HUB_ALIASES,
     _HUB_PROBE_TIMEOUT_S,
@@ -58,7 +63,7 @@ from textcl.model_location import (  # noqa: F401
     locate_model,
     resolve_model_path,
 )
-from textcl.pooling import POOLING_MODES, bow_mean, pool
+from textcl.pooling import POOLING_MODES, bow_mean, concat_start_bag, pool
 from textcl.st_folder import (  # noqa: F401
     _LEGACY_POOLING_KEYS,
     _ST_TRANSFORMER_CONFIGS,
@@ -69,6 +74,7 @@ from textcl.st_folder import (  # noqa: F401
     _read_st_layout,
     _STLayout,
     _write_json,
+    read_start_table,
     write_st_folder,
 )
 from textcl.whitening_layer import Whitening
@@ -102,6 +108,8 @@ class TextEncoder(nn.Module):
         projection_hidden_dim: int | None = None,
         bow_weight: float = 0.0,
         context_weight: float = 1.0,
+        start_bag_weight: float = 0.0,
+        start_table: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         if pooling not in POOLING_MODES:
@@ -143,6 +151,15 @@ class TextEncoder(nn.Module):
         if not context_weight:
             transformer.requires_grad_(False)
             transformer.get_input_embeddings().requires_grad_(True)
+        #: Weight of a frozen copy of the start's input-embedding table (``start_table``, default: the table
+        #: now) whose bag is concatenated to the sentence vector (textcl.pooling.concat_start_bag).
+        self.start_bag_weight = float(start_bag_weight)
+        self.start_bag: nn.Embedding | None = None
+        if start_bag_weight < 0 or (start_bag_weight and projection_dim is not None):
+            raise ValueError(f"start_bag_weight must be >= 0 and needs no projection head; got {start_bag_weight}")
+        if start_bag_weight:
+            table = transformer.get_input_embeddings().weight if start_table is None else start_table
+            self.start_bag = nn.Embedding.from_pretrained(table.detach().clone().float(), freeze=True)
         # Optimizer options (configure_training): defaults = no lever.
         self.embedding_lr_scale = self.output_layer_lr_scale = 1.0
         self.anchor_weight = 0.0
@@ -179,6 +196,7 @@ class TextEncoder(nn.Module):
         output_layer: bool = True,
         bow_weight: float | None = None,
         context_weight: float | None = None,
+        start_bag_weight: float | None = None,
     ) -> TextEncoder:
         """Load from a sentence-transformers / textcl directory, a plain HF model dir or a hub name.
 
@@ -186,12 +204,12 @@ class TextEncoder(nn.Module):
         mean pooling, max_seq_length 256 (capped by the model) and normalize=True. Explicit
         arguments override. With ``transformer=`` (e.g. the base model of an MLM model, so the
         heads share weights) no weights are loaded: ``name_or_path`` gives the tokenizer and,
-        if it is an ST directory, its settings.
-        An affine ``Dense`` module after
-        Pooling (a whitening layer, :mod:`textcl.whitening`) becomes :attr:`output_layer` unless
+        if it is an ST directory, its settings. An affine ``Dense`` module after Pooling (a
+        whitening layer, :mod:`textcl.whitening`) becomes :attr:`output_layer` unless
         ``output_layer=False`` (training: the layer was fitted to the features before training).
         ``bow_weight`` overrides the saved residual bag-of-words weight (0 without one),
-        ``context_weight`` the saved weight of the contextual part (1 without one).
+        ``context_weight`` the saved weight of the contextual part (1 without one),
+        ``start_bag_weight`` the saved StartBag weight (0 without one; a new one copies the table).
         Raises :class:`ModelLoadError` (a one-line message) when the model cannot be loaded.
         """
         from transformers import AutoTokenizer
@@ -204,6 +222,7 @@ class TextEncoder(nn.Module):
             tokenizer = AutoTokenizer.from_pretrained(ref, **kwargs)
             if transformer is None:
                 transformer = _load_transformer(ref, **kwargs)
+            start_table = read_start_table(loc, layout)
         if max_seq_length is None:
             if layout is not None and layout.max_seq_length is not None:
                 max_seq_length = int(layout.max_seq_length)
@@ -223,6 +242,8 @@ class TextEncoder(nn.Module):
             projection_hidden_dim=projection_hidden_dim,
             bow_weight=bow_weight if bow_weight is not None else (layout.bow_weight if layout else 0.0),
             context_weight=context_weight if context_weight is not None else (layout.context_weight if layout else 1.0),
+            start_bag_weight=start_bag_weight if start_bag_weight is not None else (layout.start_bag_weight if layout else 0.0),
+            start_table=start_table,
         )
         if layout is not None and layout.dense_subfolder is not None:
             if output_layer:
@@ -244,9 +265,16 @@ class TextEncoder(nn.Module):
         return int(self.transformer.config.hidden_size)
 
     @property
+    def forward_dim(self) -> int:
+        """Width of :meth:`forward` without the head: :attr:`dim`, plus the start bag's, or a trained output layer's."""
+        if self.train_output_layer:
+            return int(self.output_layer.out_features)  # type: ignore[union-attr]
+        return self.dim + (self.start_bag.embedding_dim if self.start_bag is not None else 0)
+
+    @property
     def output_dim(self) -> int:
-        """Width of the exported embedding: :attr:`dim`, or the output layer's width."""
-        return self.dim if self.output_layer is None else int(self.output_layer.out_features)
+        """Width of the exported embedding: :attr:`forward_dim`, or the output layer's width."""
+        return self.forward_dim if self.output_layer is None else int(self.output_layer.out_features)
 
     def embed(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         """The exported (inference) embedding: pooled, then :attr:`output_layer` if any; not normalized."""
@@ -336,24 +364,7 @@ class TextEncoder(nn.Module):
 
     def _special_affixes(self) -> tuple[list[int], list[int]]:
         """Special-token ids the tokenizer puts before and after a single sequence."""
-        if self._affixes is None:
-            tok = self.tokenizer
-            if hasattr(tok, "build_inputs_with_special_tokens"):
-                # Slow tokenizers and transformers 4.x: ask directly, with a sentinel id.
-                sentinel = -987654
-                full = list(tok.build_inputs_with_special_tokens([sentinel]))
-                core = [sentinel]
-            else:
-                # transformers 5 tokenizers have no build_inputs_with_special_tokens: compare
-                # one probe text encoded with and without special tokens.
-                core = tok("hello", add_special_tokens=False)["input_ids"]
-                full = tok("hello", add_special_tokens=True)["input_ids"]
-            for i in range(len(full) - len(core) + 1):
-                if full[i : i + len(core)] == core:
-                    self._affixes = (full[:i], full[i + len(core) :])
-                    break
-            else:  # pragma: no cover - no known tokenizer does this
-                raise RuntimeError(f"cannot find where {type(tok).__name__} puts its special tokens")
+        self._affixes = self._affixes or special_affixes(self.tokenizer)
         return self._affixes
 
     def pad_token_ids(self, ids: list[list[int]], chunk_tokens: int | None = None) -> dict[str, Any]:
@@ -452,6 +463,9 @@ class TextEncoder(nn.Module):
                 pooled = pooled + bow.to(pooled.dtype)
         else:  # a bag of input embeddings: no transformer pass at all
             pooled = bow
+        if self.start_bag is not None:
+            pooled = concat_start_bag(pooled, bow_mean(self.start_bag, features["input_ids"], attention_mask),
+                                      self.start_bag_weight)
         if self.train_output_layer:
             pooled = self.output_layer(pooled)  # type: ignore[misc]
         if project and self.projection is not None:
@@ -480,4 +494,6 @@ class TextEncoder(nn.Module):
             context_weight=self.context_weight,
             output_layer=self.output_layer,
             model_card=model_card,
+            start_bag=None if self.start_bag is None else (self.start_bag_weight, self.start_bag.weight),
         )
+

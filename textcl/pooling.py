@@ -2,12 +2,14 @@
 
 Below every other text module: :mod:`textcl.st_folder` checks saved pooling modes against
 :data:`POOLING_MODES`, :class:`textcl.encoders.TextEncoder` pools with :func:`pool`, and
-:class:`textcl.st_modules.BagOfWordsResidual` uses :func:`bow_mean`.
+:class:`textcl.st_modules.BagOfWordsResidual` uses :func:`bow_mean`, and
+:class:`textcl.st_modules.StartBag` :func:`concat_start_bag`.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 POOLING_MODES = ("mean", "cls", "max")
@@ -43,3 +45,14 @@ def bow_mean(embedding: nn.Embedding, input_ids: torch.Tensor, attention_mask: t
     rows = embedding(input_ids)
     mask = attention_mask.unsqueeze(-1).to(rows.dtype)
     return (rows * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+
+
+def concat_start_bag(pooled: torch.Tensor, start_bag: torch.Tensor, weight: float) -> torch.Tensor:
+    """``[pooled / |pooled|, weight * start_bag / |start_bag|]``: ``(B, d)`` + ``(B, d')`` -> ``(B, d + d')``.
+
+    Each half is unit-normalised first, so the cosine of two such vectors is the weighted mean
+    of the two halves' cosines, ``(cos_trained + weight**2 * cos_start) / (1 + weight**2)``: the
+    trained half decides similarity as much as the weight lets it, while a linear probe still
+    sees every feature of the frozen start (``TextEncoder.start_bag_weight``).
+    """
+    return torch.cat([F.normalize(pooled, dim=-1), weight * F.normalize(start_bag.to(pooled.dtype), dim=-1)], dim=-1)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from textcl.model_location import ModelLoadError, _first_line
@@ -103,6 +104,8 @@ class _STLayout:
     dense_subfolder: str | None = None  # an affine Dense module (whitening) after Pooling
     bow_weight: float = 0.0  # a BagOfWordsResidual module after Pooling
     context_weight: float = 1.0  # its weight of the contextual part (0: a bag of input embeddings)
+    start_bag_subfolder: str | None = None  # a StartBag module (frozen start table) after them
+    start_bag_weight: float = 0.0
 
 
 def _pooling_from_config(cfg: dict[str, Any], where: str) -> str:
@@ -126,6 +129,7 @@ def _read_st_layout(loc: _Location) -> _STLayout | None:
     transformer_dir = pooling = dense_dir = None
     normalize = False
     bow_weight, context_weight = 0.0, 1.0
+    start_dir, start_weight = None, 0.0
     for module in sorted(modules, key=lambda m: int(m.get("idx", 0))):
         kind = module["type"].rsplit(".", 1)[-1]
         if kind == "Transformer":
@@ -135,9 +139,13 @@ def _read_st_layout(loc: _Location) -> _STLayout | None:
             pooling = _pooling_from_config(cfg, f"{loc.ref}/{module['path']}")
         elif kind == "Normalize":
             normalize = True
-        elif kind == "BagOfWordsResidual" and pooling is not None and dense_dir is None and not normalize:
+        elif kind == "BagOfWordsResidual" and pooling is not None and start_dir is None and dense_dir is None \
+                and not normalize:
             cfg = loc.json(f"{module['path']}/config.json") or {}
             bow_weight, context_weight = float(cfg.get("weight", 1.0)), float(cfg.get("context_weight", 1.0))
+        elif kind == "StartBag" and pooling is not None and start_dir is None and dense_dir is None and not normalize:
+            cfg = loc.json(f"{module['path']}/config.json") or {}
+            start_dir, start_weight = module["path"], float(cfg.get("weight", 1.0))
         elif kind == "Dense" and pooling is not None and dense_dir is None and not normalize:
             cfg = loc.json(f"{module['path']}/config.json") or {}
             check_identity_dense(cfg, f"{loc.ref}/{module['path']}")
@@ -146,7 +154,7 @@ def _read_st_layout(loc: _Location) -> _STLayout | None:
             # A Dense/LayerNorm/... module we would silently drop changes the vectors.
             raise ValueError(
                 f"{loc.ref}: sentence-transformers module {module['type']} is not supported by "
-                "TextEncoder (supported: Transformer, Pooling, BagOfWordsResidual, one affine Dense, Normalize)"
+                "TextEncoder (supported: Transformer, Pooling, BagOfWordsResidual, StartBag, one affine Dense, Normalize)"
             )
     if transformer_dir is None or pooling is None:
         raise ValueError(f"{loc.ref}: modules.json needs a Transformer and a Pooling module")
@@ -161,7 +169,17 @@ def _read_st_layout(loc: _Location) -> _STLayout | None:
                     "if the tokenizer does not", loc.ref,
                 )
             break
-    return _STLayout(transformer_dir, max_seq_length, pooling, normalize, dense_dir, bow_weight, context_weight)
+    return _STLayout(transformer_dir, max_seq_length, pooling, normalize, dense_dir, bow_weight, context_weight,
+                     start_dir, start_weight)
+
+
+def read_start_table(loc: _Location, layout: _STLayout | None) -> torch.Tensor | None:
+    """The frozen start table of a saved StartBag module (``None`` without one)."""
+    if layout is None or layout.start_bag_subfolder is None:
+        return None
+    from safetensors.torch import load_file
+
+    return load_file(str(_module_dir(loc, layout.start_bag_subfolder) / "model.safetensors"))["table.weight"]
 
 
 def _module_dir(loc: _Location, subfolder: str) -> Path:
@@ -187,6 +205,7 @@ def write_st_folder(
     context_weight: float = 1.0,
     output_layer: nn.Module | None = None,
     model_card: str | None = None,
+    start_bag: tuple[float, torch.Tensor] | None = None,
 ) -> None:
     """Write a sentence-transformers model directory into ``path`` (created if needed); see
     :meth:`textcl.encoders.TextEncoder.save`, which calls it with its own settings.
@@ -194,7 +213,8 @@ def write_st_folder(
     ``dim`` is the pooled width; ``output_layer`` (a :class:`~textcl.whitening_layer.Whitening`)
     is written as a ``Dense`` module and ``bow_weight`` > 0 as a
     :class:`textcl.st_modules.BagOfWordsResidual` module (with ``context_weight``, the weight
-    of the contextual part, when it is not 1).
+    of the contextual part, when it is not 1). ``start_bag`` = ``(weight, frozen table)`` is
+    written as a :class:`textcl.st_modules.StartBag` module (its own ``model.safetensors``).
     """
     # We write ST's files ourselves rather than building ST modules and calling ST's save:
     # building an ST Transformer module means reloading the weights from disk (slow, twice
@@ -227,6 +247,13 @@ def write_st_folder(
         if context_weight != 1.0:
             bow_config["context_weight"] = context_weight
         _write_json(path / f"{n}_BagOfWordsResidual" / "config.json", bow_config)
+    if start_bag is not None:
+        n = len(modules)
+        modules.append({"idx": n, "name": str(n), "path": f"{n}_StartBag", "type": "textcl.st_modules.StartBag"})
+        weight, table = start_bag
+        _write_json(path / f"{n}_StartBag" / "config.json",
+                    {"weight": weight, "vocab_size": int(table.shape[0]), "dim": int(table.shape[1]), "pooled_dim": dim})
+        save_file({"table.weight": table.detach().contiguous().cpu()}, str(path / f"{n}_StartBag" / "model.safetensors"))
     if output_layer is not None:
         n = len(modules)
         modules.append(

@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from sentence_transformers.base.modules import Module
 
-from textcl.pooling import bow_mean
+from textcl.pooling import bow_mean, concat_start_bag
 
-__all__ = ["BagOfWordsResidual", "bow_mean"]
+__all__ = ["BagOfWordsResidual", "StartBag", "bow_mean"]
 
 
 class BagOfWordsResidual(Module):
@@ -50,3 +50,47 @@ class BagOfWordsResidual(Module):
 
     def save(self, output_path: str, *args: Any, safe_serialization: bool = True, **kwargs: Any) -> None:
         self.save_config(output_path)
+
+
+class StartBag(Module):
+    """``sentence_embedding = [normalize(sentence_embedding), weight * normalize(mean(start
+    rows of the attended tokens))]`` (:func:`textcl.pooling.concat_start_bag`).
+
+    ``table`` is a frozen copy of the input-embedding table as it was when training began
+    (e.g. SGNS vectors): the trained vector decides similarity while the start's lexical
+    features stay beside it for classifiers. Stored in this module's own ``model.safetensors``.
+    """
+
+    config_keys = ["weight", "vocab_size", "dim", "pooled_dim"]
+
+    def __init__(self, weight: float = 1.0, vocab_size: int = 1, dim: int = 1, pooled_dim: int = 1) -> None:
+        super().__init__()
+        self.weight = float(weight)
+        self.vocab_size, self.dim, self.pooled_dim = int(vocab_size), int(dim), int(pooled_dim)
+        self.table = torch.nn.Embedding(self.vocab_size, self.dim)
+        self.table.requires_grad_(False)
+
+    @classmethod
+    def load(cls, model_name_or_path: str, subfolder: str = "", token: bool | str | None = None,
+             cache_folder: str | None = None, revision: str | None = None, local_files_only: bool = False,
+             **kwargs: Any) -> StartBag:
+        hub = {"subfolder": subfolder, "token": token, "cache_folder": cache_folder, "revision": revision,
+               "local_files_only": local_files_only}
+        module = cls(**cls.load_config(model_name_or_path, **hub))
+        cls.load_torch_weights(model_name_or_path, model=module, **hub)
+        return module
+
+    def forward(self, features: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        ids = features["input_ids"].to(self.table.weight.device)
+        start = bow_mean(self.table, ids, features["attention_mask"].to(ids.device))
+        pooled = features["sentence_embedding"]
+        features["sentence_embedding"] = concat_start_bag(pooled, start.to(pooled.device), self.weight)
+        return features
+
+    def get_embedding_dimension(self) -> int:
+        """Width of the output: the incoming sentence vector's plus the start table's."""
+        return self.pooled_dim + self.dim
+
+    def save(self, output_path: str, *args: Any, safe_serialization: bool = True, **kwargs: Any) -> None:
+        self.save_config(output_path)
+        self.save_torch_weights(output_path, safe_serialization=True)  # never a pickle

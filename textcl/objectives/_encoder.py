@@ -34,6 +34,11 @@ class EncoderSection(MethodConfig):
         "of the input embeddings (Siamese CBOW: needs bow_weight, skips and freezes the transformer layers); "
         "null = what the start model has (1 for a plain model)",
     )
+    start_bag_weight: float | None = Field(
+        None, ge=0, description="concatenate a frozen copy of the start's bag of input embeddings, each half "
+        "unit-normalised: [trained, w * start] (keeps the lexical start for classifiers); null = what the start "
+        "model has (0 for a plain model)",
+    )
     embedding_lr_scale: float = Field(1.0, ge=0, description="lr multiplier of the input embeddings (0 freezes)")
     anchor_weight: float = Field(0.0, ge=0, description="L2-SP pull of the input embeddings toward the start's")
     output_layer: Literal["drop", "train"] = Field(
@@ -61,8 +66,11 @@ def build_encoder(m: EncoderSection, transformer: torch.nn.Module | None = None)
             output_layer=m.output_layer == "train",
             bow_weight=m.bow_weight,
             context_weight=m.context_weight,
+            start_bag_weight=m.start_bag_weight,
         )
     except ValueError as exc:  # context_weight 0 without a bag-of-words path (bow_weight 0)
+        if "start_bag_weight" in str(exc):
+            raise RecipeError(f"model.start_bag_weight: {exc} -- drop model.projection_dim") from None
         if "context_weight" not in str(exc):
             raise
         raise RecipeError(f"model.context_weight: {exc} -- set model.bow_weight > 0") from None

@@ -92,7 +92,7 @@ def embed_token_ids(encoder: Any, ids: Sequence[list[int]], *, batch_size: int =
         features = encoder.pad_token_ids(list(ids[start : start + batch_size]), chunk_tokens=chunk_tokens)
         out.append(encoder(send_to_device(features, device), project=project))
     if not out:
-        return torch.empty(0, encoder.dim, device=device)
+        return torch.empty(0, encoder.forward_dim, device=device)
     return torch.cat(out)
 
 
@@ -130,10 +130,10 @@ class TextMethod(MLMAuxiliary, Method):
 
     @property
     def projected_dim(self) -> int:
-        """Width of ``encoder(..., project=True)``: the projection head's output, else ``encoder.dim``."""
+        """Width of ``encoder(..., project=True)``: the projection head's output, else ``encoder.forward_dim``."""
         proj = self.encoder.projection
         if proj is None:
-            return int(self.encoder.dim)
+            return int(self.encoder.forward_dim)
         last = [m for m in proj.modules() if isinstance(m, nn.Linear)][-1]
         return int(last.out_features)
 
