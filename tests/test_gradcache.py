@@ -317,7 +317,7 @@ import torch
 torch.set_num_threads(1)
 sys.path.insert(0, {tests!r})
 from _inbatch import InBatchPairs, tiny_text_encoder
-from textcl.core import gradcache
+from textcl.core import gradcache, malloc_tuning
 
 def status(key):  # kB
     with open("/proc/self/status") as f:
@@ -334,7 +334,7 @@ with open("/proc/self/clear_refs", "w") as f:
     f.write("5")
 torch.manual_seed(1)
 loss = float(cache.step(batch)["loss"].detach())
-print(gradcache._mmap_threshold_pinned, (status("VmHWM") - before) / 1024, loss.hex())
+print(malloc_tuning.pinned_mmap_threshold(), (status("VmHWM") - before) / 1024, loss.hex())
 """
 
 
@@ -370,7 +370,7 @@ def test_pinned_mmap_threshold_halves_the_cpu_step_peak_and_changes_no_number():
 
 
 def test_pin_leaves_a_users_malloc_setting_alone():
-    code = ("from textcl.core.gradcache import pin_malloc_mmap_threshold as pin; "
+    code = ("from textcl.core.malloc_tuning import pin_malloc_mmap_threshold as pin; "
             "print(pin(), pin(), pin(1 << 20))")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
     plain = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
@@ -381,6 +381,13 @@ def test_pin_leaves_a_users_malloc_setting_alone():
     user = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert user.returncode == 0, user.stderr[-2000:]
     assert user.stdout.split() == ["False", "False", "False"]
+
+
+def test_gradcache_keeps_the_malloc_names_it_had():
+    from textcl.core import gradcache, malloc_tuning
+
+    assert gradcache.pin_malloc_mmap_threshold is malloc_tuning.pin_malloc_mmap_threshold
+    assert gradcache.CPU_MMAP_THRESHOLD == malloc_tuning.CPU_MMAP_THRESHOLD == 128 * 1024
 
 
 # ----------------------------------------------------------------------------- 2 processes

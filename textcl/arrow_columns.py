@@ -220,11 +220,9 @@ def read_column(source: Any, column: str) -> np.ndarray:
     return _column_access(source, column).column()
 
 
-class ArrowLists(Sequence[list[int]]):
-    """Row ``i`` of a ``list<int>`` column as a list of ints, from a dataset or its Arrow
-    files: positional reads of the files (nothing of them stays in this process, see
-    :class:`_ColumnFiles`), or numpy views of an in-memory dataset. Pickles small (file
-    names and a few numbers per record batch)."""
+class _ArrowRows(Sequence[Any]):
+    """Row ``i`` of one column of a dataset or of its Arrow files, converted by :meth:`_convert`
+    (the indexing that :class:`ArrowLists` and :class:`ArrowInts` share)."""
 
     def __init__(self, source: Any, column: str):
         self.column = column
@@ -233,9 +231,8 @@ class ArrowLists(Sequence[list[int]]):
     def __len__(self) -> int:
         return len(self._access)
 
-    def array(self, i: int) -> np.ndarray:
-        """Row ``i`` as a numpy array."""
-        return self._access.row(i)
+    def _convert(self, row: np.ndarray) -> Any:
+        raise NotImplementedError
 
     def __getitem__(self, i: Any) -> Any:
         if isinstance(i, slice):
@@ -243,30 +240,32 @@ class ArrowLists(Sequence[list[int]]):
         i = int(i)
         if i < 0:
             i += len(self)
-        return self._access.row(i).tolist()
+        return self._convert(self._access.row(i))
+
+
+class ArrowLists(_ArrowRows, Sequence[list[int]]):
+    """Row ``i`` of a ``list<int>`` column as a list of ints, from a dataset or its Arrow
+    files: positional reads of the files (nothing of them stays in this process, see
+    :class:`_ColumnFiles`), or numpy views of an in-memory dataset. Pickles small (file
+    names and a few numbers per record batch)."""
+
+    def array(self, i: int) -> np.ndarray:
+        """Row ``i`` as a numpy array."""
+        return self._access.row(i)
+
+    def _convert(self, row: np.ndarray) -> list[int]:
+        return row.tolist()
 
     def lengths(self) -> np.ndarray:
         """The length of every row (int64; one number per row)."""
         return self._access.column()
 
 
-class ArrowInts(Sequence[int]):
+class ArrowInts(_ArrowRows, Sequence[int]):
     """Row ``i`` of an integer column, from a dataset or its Arrow files (as :class:`ArrowLists`)."""
 
-    def __init__(self, source: Any, column: str):
-        self.column = column
-        self._access = _column_access(source, column)
-
-    def __len__(self) -> int:
-        return len(self._access)
-
-    def __getitem__(self, i: Any) -> Any:
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        i = int(i)
-        if i < 0:
-            i += len(self)
-        return int(self._access.row(i))
+    def _convert(self, row: np.ndarray) -> int:
+        return int(row)
 
 
 class RowView(Sequence[Any]):

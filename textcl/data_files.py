@@ -18,13 +18,14 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 __all__ = [
     "DataError",
     "check_data_file",
     "datasets_quiet",
     "diagnose_data_file",
+    "json_object_lines",
     "read_problem",
     "text_problem",
 ]
@@ -35,6 +36,27 @@ _SNIFF_BYTES = 1 << 16
 
 class DataError(ValueError):
     """Training data problem (empty corpus, missing field, too-short documents, unreadable file)."""
+
+
+def json_object_lines(
+    path: str | Path, *, error: type[Exception] = DataError, hint: str = ""
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(where, row)`` for each non-blank line of a JSON-lines file (``.gz`` allowed), ``where``
+    being ``FILE:LINE``. A line that is not JSON, or not a JSON object, raises ``error`` naming
+    it; ``hint`` is appended to the invalid-JSON message (how to make the file, say)."""
+    opener: Any = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise error(f"{where}: invalid JSON ({exc.msg}){hint}") from None
+            if not isinstance(row, dict):
+                raise error(f"{where}: expected a JSON object, got {type(row).__name__}")
+            yield where, row
 
 
 def _is_json(path: Path) -> bool:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from textcl.data_files import json_object_lines
 
 __all__ = ["StsPairs", "build_evaluators", "load_sts_pairs", "read_sts_file", "sts_spearman"]
 
@@ -38,39 +38,28 @@ def read_sts_file(path: str | Path) -> StsPairs:
     s2: list[str] = []
     scores: list[float] = []
     domains: list[str | None] = []
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{where}: invalid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            for field in ("sentence1", "sentence2", "score"):
-                if field not in row:
-                    raise ValueError(f"{where}: missing field {field!r}")
-            for field in ("sentence1", "sentence2"):
-                if not isinstance(row[field], str):
-                    raise ValueError(
-                        f"{where}: field {field!r} must be a string, got {type(row[field]).__name__}"
-                    )
-            score = row["score"]
-            # bool is an int subclass; a string like "3.2" is accepted as the TSV sources had it.
-            try:
-                value = float(score) if not isinstance(score, bool) else math.nan
-            except (TypeError, ValueError):
-                value = math.nan
-            if not math.isfinite(value):
-                raise ValueError(f"{where}: field 'score' is not a finite number: {score!r}")
-            domain = row.get("domain")
-            s1.append(row["sentence1"])
-            s2.append(row["sentence2"])
-            scores.append(value)
-            domains.append(None if domain is None else str(domain))
+    for where, row in json_object_lines(path, error=ValueError):
+        for field in ("sentence1", "sentence2", "score"):
+            if field not in row:
+                raise ValueError(f"{where}: missing field {field!r}")
+        for field in ("sentence1", "sentence2"):
+            if not isinstance(row[field], str):
+                raise ValueError(
+                    f"{where}: field {field!r} must be a string, got {type(row[field]).__name__}"
+                )
+        score = row["score"]
+        # bool is an int subclass; a string like "3.2" is accepted as the TSV sources had it.
+        try:
+            value = float(score) if not isinstance(score, bool) else math.nan
+        except (TypeError, ValueError):
+            value = math.nan
+        if not math.isfinite(value):
+            raise ValueError(f"{where}: field 'score' is not a finite number: {score!r}")
+        domain = row.get("domain")
+        s1.append(row["sentence1"])
+        s2.append(row["sentence2"])
+        scores.append(value)
+        domains.append(None if domain is None else str(domain))
     if not scores:
         raise ValueError(f"{path}: empty file, no sentence pairs")
     return StsPairs(s1, s2, np.asarray(scores, dtype=np.float64), domains)

@@ -37,6 +37,7 @@ from textcl.arrow_cache import (
     tokenizer_fingerprint,
 )
 from textcl.arrow_columns import ArrowInts, ArrowLists, RowView, read_column
+from textcl.core.io import file_sha256
 from textcl.core.method import MethodConfig
 from textcl.core.recipe import InputFile
 from textcl.data_files import DataError, check_data_file
@@ -126,14 +127,6 @@ def default_cache_dir() -> Path:
         return Path(os.environ["TEXTCL_CACHE"]).expanduser() / "sentences"
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base).expanduser() / "textcl" / "sentences"
-
-
-def _file_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 _SENTENCE_FEATURES = {"id": "string", "sentences": ["string"], "num_sentences": "int32", "split_key": "float64"}
@@ -279,7 +272,7 @@ def _sentence_table(source: str, *, text_field: str, id_field: str | None, max_d
     local = not source.startswith("hf://")
     if local:
         path = check_data_file(source)  # missing, a directory, empty, binary, not UTF-8
-        digest = _cache_digest(_file_hash(path), text_field, id_field, max_documents)
+        digest = _cache_digest(file_sha256(path), text_field, id_field, max_documents)
         cached = _load_cached(cache_root, digest)
         if cached is not None:
             logger.info("sentences of %s from the cache %s", source, cache_root)

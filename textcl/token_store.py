@@ -17,7 +17,6 @@ disk, a bounded number of items at a time.
 from __future__ import annotations
 
 import atexit
-import hashlib
 import os
 import shutil
 import tempfile
@@ -26,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from textcl.core.io import file_sha256  # kept importable from here
 
 __all__ = ["ArrayWriter", "DiskArray", "blocks", "default_cache_dir", "file_sha256", "scratch_dir"]
 
@@ -39,16 +40,6 @@ def default_cache_dir() -> Path:
         return Path(os.environ["TEXTCL_CACHE"]).expanduser() / "sgns"
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base).expanduser() / "textcl" / "sgns"
-
-
-def file_sha256(path: str | Path) -> str:
-    """The SHA-256 of a file's bytes (hex), read into one 64 KiB buffer."""
-    h, buffer = hashlib.sha256(), bytearray(1 << 16)
-    view = memoryview(buffer)
-    with open(path, "rb", buffering=0) as fh:
-        while n := fh.readinto(buffer):
-            h.update(view[:n])
-    return h.hexdigest()
 
 
 def scratch_dir(prefix: str = "textcl-sgns-") -> Path:

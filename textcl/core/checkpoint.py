@@ -18,7 +18,6 @@ replaced by a reference into the safetensors file of the same name.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -32,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from textcl.core.io import atomic_write_json, replace_dir
+from textcl.core.io import atomic_write_json, file_sha256, replace_dir
 from textcl.core.recipe import RecipeError
 
 __all__ = ["CheckpointError", "LogWindow", "Resumed", "find_intact", "list_checkpoints", "load", "save",
@@ -221,18 +220,10 @@ def set_rng_state(state: dict[str, Any], device: torch.device, where: Path) -> N
 
 
 # ------------------------------------------------------------------ manifest
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def write_manifest(directory: Path) -> None:
     """``manifest.json``: size and sha256 of every file in ``directory``; written last."""
     files = {
-        p.name: {"size": p.stat().st_size, "sha256": _sha256(p)}
+        p.name: {"size": p.stat().st_size, "sha256": file_sha256(p)}
         for p in sorted(directory.iterdir()) if p.is_file() and p.name != MANIFEST
     }
     atomic_write_json(directory / MANIFEST, {"format": FORMAT, "files": files})
@@ -268,7 +259,7 @@ def verify(directory: Path) -> str | None:
             return f"{manifest}: malformed entry for {name!r}"
         if path.stat().st_size != size:
             return f"{path}: {path.stat().st_size} bytes, the manifest says {size} (truncated or overwritten)"
-        if _sha256(path) != digest:
+        if file_sha256(path) != digest:
             return f"{path}: sha256 differs from the manifest (corrupted)"
     return None
 

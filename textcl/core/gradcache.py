@@ -48,19 +48,10 @@ carry little padding. Chunked features are cut chunk by chunk into pieces of at 
 with ``M`` at least the largest chunk GradCache draws exactly the dropout masks of the
 uncached forward. Embeddings are put back into the batch's row order before the loss.
 
-CPU memory (glibc). On CPU every activation tensor comes from ``malloc``, and glibc's
-*dynamic* mmap threshold makes that costly here: a freed mapped block (128 KiB to 32 MiB)
-larger than the threshold raises it to its size, so from the first mini-batch on activations are
-carved out of the heap, and the next mini-batch -- another shape, so other sizes -- does not
-fit the holes the last one left. The heap grows by a fraction of a mini-batch's activations
-at each new shape and holes stay resident: measured on all-MiniLM-L6-v2 (1024 pairs,
-mini-batches of 32), the step's resident peak was 910 MiB above the memory in use
-before it, 479 with the threshold pinned (docs/benchmarks/gradcache-memory.md).
-On CPU, ``GradCache`` therefore pins the threshold once per process (``mallopt(M_MMAP_THRESHOLD,
-128 KiB)``, :func:`pin_malloc_mmap_threshold`): large blocks are mapped and unmapped, and a
-step's peak is what its largest mini-batch holds. Process-wide and permanent (glibc has no
-way back to the dynamic threshold); skipped when ``MALLOC_MMAP_THRESHOLD_`` or a
-``glibc.malloc.mmap_threshold`` tunable is set, off with ``GradCache(cpu_mmap_threshold=None)``.
+CPU memory (glibc). On CPU, ``GradCache`` pins glibc's mmap threshold once per process at
+128 KiB (:func:`textcl.core.malloc_tuning.pin_malloc_mmap_threshold`): with glibc's dynamic
+threshold, mini-batches of other shapes leave heap holes that stay resident (the step's peak
+about doubled, docs/benchmarks/gradcache-memory.md). Off with ``GradCache(cpu_mmap_threshold=None)``.
 
 Models with BatchNorm layers in training mode are refused: their output depends on the
 other rows of the forward pass (and their running statistics would be updated twice),
@@ -82,9 +73,6 @@ FSDP and DeepSpeed shard or own the parameters and are not supported.
 
 from __future__ import annotations
 
-import ctypes
-import os
-import sys
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -96,8 +84,10 @@ from torch import Tensor, nn
 
 from textcl.core.distributed import is_distributed
 from textcl.core.errors import RecipeError
+from textcl.core.malloc_tuning import CPU_MMAP_THRESHOLD, pin_malloc_mmap_threshold
 
 __all__ = [
+    "CPU_MMAP_THRESHOLD",
     "GRADCACHE_PROTOCOL",
     "GradCache",
     "RngState",
@@ -115,12 +105,6 @@ GRADCACHE_PROTOCOL = ("embedding_inputs", "loss_from_embeddings")
 
 #: Gradient elements per all-reduce call (like DDP's 25 MB buckets, in float32).
 _BUCKET_ELEMENTS = 25 * 2**20 // 4
-
-#: Bytes from which glibc maps a block of its own (returned to the system when freed) once
-#: GradCache runs on CPU: glibc's own initial value, pinned (see the module docstring).
-CPU_MMAP_THRESHOLD = 128 * 1024
-_M_MMAP_THRESHOLD = -3  # mallopt parameter number, <malloc.h>
-_mmap_threshold_pinned: int | None = None
 
 
 def supports_gradcache(method: Any) -> bool:
@@ -193,47 +177,6 @@ class RngState:
         torch.set_rng_state(self.cpu)
         if self.cuda is not None:
             torch.cuda.set_rng_state_all(self.cuda)
-
-
-# ----------------------------------------------------------------------------- CPU memory
-
-
-def _user_set_mmap_threshold() -> bool:
-    return "MALLOC_MMAP_THRESHOLD_" in os.environ or "glibc.malloc.mmap_threshold" in os.environ.get(
-        "GLIBC_TUNABLES", ""
-    )
-
-
-def pin_malloc_mmap_threshold(threshold: int = CPU_MMAP_THRESHOLD) -> bool:
-    """Fix glibc malloc's mmap threshold at ``threshold`` bytes for this process.
-
-    Blocks of at least ``threshold`` bytes are then always mapped on their own and unmapped
-    when freed, instead of being carved out of a heap whose holes stay resident (glibc's
-    dynamic threshold climbs to the largest freed block, up to 32 MiB, after which most
-    activation tensors come from the heap; see the module docstring). Returns whether the
-    threshold is pinned at ``threshold`` now. Does nothing (False) off glibc, when the user set
-    ``MALLOC_MMAP_THRESHOLD_`` or the ``glibc.malloc.mmap_threshold`` tunable, or once a
-    different value was pinned here. Process-wide; idempotent.
-    """
-    global _mmap_threshold_pinned
-    threshold = int(threshold)
-    if _mmap_threshold_pinned is not None:
-        return _mmap_threshold_pinned == threshold
-    if not sys.platform.startswith("linux") or _user_set_mmap_threshold():
-        return False
-    try:
-        process = ctypes.CDLL(None)  # the malloc this process uses (a preloaded one included)
-        if not hasattr(process, "gnu_get_libc_version"):
-            return False  # musl and other C libraries: no such threshold
-        mallopt = process.mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    mallopt.restype = ctypes.c_int
-    if mallopt(_M_MMAP_THRESHOLD, threshold) != 1:
-        return False
-    _mmap_threshold_pinned = threshold
-    return True
 
 
 # ----------------------------------------------------------------------------- splitting

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -9,11 +10,28 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["INSTALL_MARKER", "atomic_write_json", "atomic_write_text", "install_dir_contents", "replace_dir"]
+__all__ = [
+    "INSTALL_MARKER",
+    "atomic_write_json",
+    "atomic_write_text",
+    "file_sha256",
+    "install_dir_contents",
+    "replace_dir",
+]
 
 #: Present in a directory while :func:`install_dir_contents` moves a model into it; left
 #: behind by an interrupted install.
 INSTALL_MARKER = ".textcl-install-incomplete"
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes (hex), read into one 64 KiB buffer."""
+    h, buffer = hashlib.sha256(), bytearray(1 << 16)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as fh:
+        while n := fh.readinto(buffer):
+            h.update(view[:n])
+    return h.hexdigest()
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

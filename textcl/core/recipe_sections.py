@@ -25,6 +25,7 @@ __all__ = [
     "InputFile",
     "OutputDir",
     "TrainConfig",
+    "existing_input",
     "resolve_input_path",
 ]
 
@@ -36,20 +37,23 @@ def resolve_input_path(value: str | Path) -> Path:
     return resolve_path(str(value))
 
 
-def _existing_file(value: str) -> str:
+def existing_input(value: str, *, file_only: bool = False, missing: str | None = None) -> str:
+    """A recipe's input path, resolved (:func:`resolve_input_path`) and checked to exist (with
+    ``file_only``: to be a file); ``hf://`` names pass as they are. ``ValueError`` (pydantic's
+    validator error) with ``missing`` as its message, or a default one, when it is not there."""
     if value.startswith("hf://"):  # a hub dataset: checked when it is loaded
         return value
     try:
         path = resolve_input_path(value)
     except (FileNotFoundError, ValueError) as exc:
         raise ValueError(str(exc)) from None
-    if not path.exists():
-        raise ValueError(f"file not found: {value} -- fix the path (relative paths are relative to the working directory)")
+    if not (path.is_file() if file_only else path.exists()):
+        raise ValueError(missing or f"file not found: {value} -- fix the path (relative paths are relative to the working directory)")
     return str(path)
 
 
 #: A recipe field naming an input file that must exist.
-InputFile = Annotated[str, AfterValidator(_existing_file)]
+InputFile = Annotated[str, AfterValidator(existing_input)]
 
 
 def _non_empty_dir(value: str) -> str:

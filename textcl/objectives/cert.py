@@ -29,9 +29,7 @@ query side in chunks and replay it; the keys never need gradient.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -45,7 +43,8 @@ from textcl.core.losses import info_nce, retrieval_top1
 from textcl.core.method import MethodConfig
 from textcl.core.momentum import momentum_copy, update_momentum
 from textcl.core.queue import FeatureQueue
-from textcl.core.recipe import resolve_input_path
+from textcl.core.recipe_sections import existing_input
+from textcl.data_files import json_object_lines
 from textcl.documents import DataError, Document, held_out_split
 from textcl.objectives._mlm import MLMOptions
 from textcl.objectives.base import SeededDataset, TextConfig, TextMethod
@@ -85,15 +84,8 @@ class PairsSection(MethodConfig):
     @field_validator("pairs")
     @classmethod
     def _exists(cls, value: str) -> str:
-        if value.startswith("hf://"):
-            return value
-        try:
-            path = resolve_input_path(value)
-        except (FileNotFoundError, ValueError) as exc:
-            raise ValueError(str(exc)) from None
-        if not path.is_file():
-            raise ValueError(f"pairs file not found: {value} -- " + _HOW_TO_MAKE.format(path=value))
-        return str(path)
+        missing = f"pairs file not found: {value} -- " + _HOW_TO_MAKE.format(path=value)
+        return existing_input(value, file_only=True, missing=missing)
 
 
 class CERTObjective(MLMOptions):
@@ -132,19 +124,7 @@ def _rows(source: str) -> Iterator[tuple[str, dict[str, Any]]]:
         for i, row in enumerate(datasets.load_dataset(name, split=split or "train")):
             yield f"{source}[{i}]", row
         return
-    opener = gzip.open if source.endswith(".gz") else open
-    with opener(source, "rt", encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{source}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{where}: invalid JSON ({exc.msg}); " + _HOW_TO_MAKE.format(path=source)) from None
-            if not isinstance(row, dict):
-                raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            yield where, row
+    yield from json_object_lines(source, hint="; " + _HOW_TO_MAKE.format(path=source))
 
 
 def load_pairs(
