@@ -430,3 +430,170 @@ def test_finetune_fractional_epochs_two_seeds(data_dir: Path, tmp_path: Path, ca
     assert "0.5 epochs (3 optimizer steps)" in report["protocol"]["rte"]
     printed = capsys.readouterr().out
     assert "[1/2]" in printed and "left, ~" in printed and "[2/2]" in printed
+
+
+# --------------------------------------------------------------------------- pooled fine-tune head
+
+
+@pytest.fixture()
+def tiny_st_dir(tmp_path: Path) -> Path:
+    """A tiny sentence-transformers directory: random 2-layer BERT, mean pooling, Normalize."""
+    from tests._tiny import tiny_encoder
+
+    path = tmp_path / "tiny-st"
+    tiny_encoder(tmp_path).save(path)
+    return path
+
+
+def _bce_on(model: object, split: glue.Split) -> float:
+    """Mean training loss of ``model`` (glue_pooled's) over every row of ``split``."""
+    import torch
+
+    with torch.no_grad():
+        out = torch.cat([model(split.texts[i:i + 16]) for i in range(0, len(split), 16)])
+    y = torch.tensor(split.labels, dtype=torch.float32)
+    if model.regression:
+        return float(torch.nn.functional.mse_loss(out, y / 5.0))
+    return float(torch.nn.functional.binary_cross_entropy_with_logits(out, y))
+
+
+def test_pooled_head_reads_the_models_own_pooling(tiny_st_dir: Path, data_dir: Path) -> None:
+    import torch
+
+    from benchmarks import glue_pooled as gp
+
+    st = gp.load_st(gp.st_dir(str(tiny_st_dir)), 128)
+    assert [type(m).__name__ for m in st] == ["Transformer", "Pooling", "Normalize"]
+    assert st[1].pooling_mode == "mean"
+    dim = st.encode(["x"]).shape[1]
+    rng = np.random.default_rng(0)
+    head = {"mean": np.zeros(dim, np.float32), "scale": np.full(dim, 0.5, np.float32),
+            "weight": rng.normal(size=(1, dim)).astype(np.float32), "bias": np.array([0.3], np.float32)}
+    model = gp._build(st, glue.TASKS["sst2"], head)
+    texts = ["item 1 is good indeed", "a much longer sentence that pads the other one out"]
+    with torch.no_grad():
+        vec = model.embed(texts)
+        # By hand: the transformer's token vectors, masked mean (the Pooling module's mode), L2-normalised.
+        feats = st.preprocess(texts)
+        tokens = st[0](dict(feats))["token_embeddings"]
+        mask = feats["attention_mask"].unsqueeze(-1).float()
+        mean = (tokens * mask).sum(1) / mask.sum(1)
+        assert torch.allclose(vec, torch.nn.functional.normalize(mean, dim=-1), atol=1e-5)
+        # Not the CLS vector: the two differ for this model.
+        assert not torch.allclose(vec, torch.nn.functional.normalize(tokens[:, 0], dim=-1), atol=1e-3)
+        assert np.allclose(vec.numpy(), st.encode(texts), atol=1e-5)
+        # The head is a linear map of exactly that vector.
+        logits = model([(t,) for t in texts])
+        expected = (vec / 0.5) @ torch.from_numpy(head["weight"][0]) + 0.3
+        assert torch.allclose(logits, expected, atol=1e-4)
+        # STS-B: the cosine of the two pooled vectors, no extra weights.
+        sts = gp._build(st, glue.TASKS["stsb"], None)
+        assert not any(n.startswith("head") for n, _ in sts.named_parameters())
+        cos = sts([(texts[0], texts[1])])
+        assert torch.allclose(cos, (vec[0] * vec[1]).sum().reshape(1), atol=1e-5)
+        # Pairs: [u, v, |u-v|, u*v], the probe's features, in the probe's order.
+        u, v = vec[:1], vec[1:]
+        assert torch.equal(gp.pair_features(u, v), torch.cat([u, v, (u - v).abs(), u * v], dim=-1))
+
+
+def test_tiny_pooled_finetune_lowers_the_training_loss(tiny_st_dir: Path, data_dir: Path) -> None:
+    from benchmarks import glue_pooled as gp
+
+    st = gp.load_st(str(tiny_st_dir), 64)
+    for name in ("sst2", "stsb"):
+        data = glue.load_task(data_dir, glue.TASKS[name])
+        task = data.task
+        head = None
+        if not task.regression:
+            x = st.encode([r[0] for r in data.train.texts])
+            head = gp.init_head(task, x, data.train.labels, strength=0.01, seed=0)
+        model = gp._build(st, task, head)
+        before = _bce_on(model, data.train)
+        info = gp.train_pooled(model, data.train, lr=1e-3, epochs=3, batch_size=8, seed=0)
+        after = _bce_on(model, data.train)
+        assert info["steps"] == 15 and after < 0.8 * before, (name, before, after)
+
+
+def test_pooled_lr_is_picked_on_held_out_train_and_eval_stays_unseen(
+    tiny_st_dir: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from benchmarks import glue_pooled as gp
+    from benchmarks.glue_probe import holdout_split
+
+    data = glue.load_task(data_dir, glue.TASKS["sst2"])
+    eval_texts = {r[0] for r in data.eval.texts}
+    events: list[tuple[str, float | None, list[str]]] = []
+    state = {"lr": None}
+
+    def fake_train(model: object, split: glue.Split, *, lr: float, **_: object) -> dict:
+        events.append(("train", lr, [r[0] for r in split.texts]))
+        state["lr"] = lr
+        return {"steps": 1, "loss_first": 1.0, "loss_last": 0.5}
+
+    def fake_predict(model: object, split: glue.Split, batch_size: int = 64) -> np.ndarray:
+        events.append(("predict", state["lr"], [r[0] for r in split.texts]))
+        # Only lr 5e-5 gets the held-out rows right: it must be the one picked.
+        return split.labels.copy() if state["lr"] == 5e-5 else 1 - split.labels
+
+    monkeypatch.setattr(gp, "train_pooled", fake_train)
+    monkeypatch.setattr(gp, "predict_pooled", fake_predict)
+    st = gp.load_st(str(tiny_st_dir), 64)
+    labels, preds, details = gp.finetune_pooled(st, KeywordEncoder(), data, lr_grid=(2e-5, 5e-5, 1e-4),
+                                                 log=lambda _: None)
+    fit, hold = holdout_split(len(data.train), 0)
+    fit_texts = {data.train.texts[i][0] for i in fit}
+    hold_texts = [data.train.texts[i][0] for i in hold]
+    *selection, final_train, final_predict = events
+    # Three fits on the fit part, each scored on the held-out part of train; no eval row in sight.
+    assert [(e[0], e[1]) for e in selection] == [("train", 2e-5), ("predict", 2e-5), ("train", 5e-5),
+                                                  ("predict", 5e-5), ("train", 1e-4), ("predict", 1e-4)]
+    for kind, _, texts in selection:
+        assert not eval_texts & set(texts)
+        assert set(texts) == fit_texts if kind == "train" else texts == hold_texts
+    assert details["lr"] == 5e-5 and details["lr_selection"] == {"2e-05": 0.0, "5e-05": 100.0, "0.0001": 0.0}
+    # Then the chosen lr on all train, and eval predicted once, last.
+    assert final_train[:2] == ("train", 5e-5) and sorted(final_train[2]) == sorted(r[0] for r in data.train.texts)
+    assert final_predict[0] == "predict" and set(final_predict[2]) == eval_texts
+    assert details["selection_holdout_rows"] == len(hold) == details["probe_same_subsample"]["selection_holdout_rows"]
+    assert np.array_equal(labels, data.eval.labels) and np.array_equal(preds, data.eval.labels)
+    # The same-subsample probe is recorded beside the fine-tune (the toy encoder separates sst2).
+    assert details["probe_same_subsample"]["accuracy"] == 100.0
+
+
+def test_pooled_cli_writes_the_comparison(tiny_st_dir: Path, data_dir: Path, tmp_path: Path) -> None:
+    baseline = tmp_path / "probe.json"
+    baseline.write_text(json.dumps({"mode": "probe", "sst2": {"accuracy": 61.5},
+                                    "details": {"sst2": {"n_train": 67349}}, "command": "python -m benchmarks.glue x"}))
+    out = tmp_path / "pooled.json"
+    report = glue.main([str(tiny_st_dir), "--head", "pooled", "--tasks", "sst2,stsb", "--data-dir", str(data_dir),
+                        "--epochs", "1", "--batch-size", "8", "--lr-grid", "1e-4,1e-3", "--threads", "1",
+                        "--probe-baseline", str(baseline), "--out", str(out), "--plot"])
+    saved = json.loads(out.read_text())
+    assert saved["lr_grid"] == [1e-4, 1e-3] and set(saved["chosen_lr"]) == {"sst2", "stsb"}
+    assert all(set(v) == {"0.0001", "0.001"} for v in saved["lr_selection"].values())
+    cmp = saved["comparison"]["sst2"]
+    assert cmp["accuracy"]["probe_full_train"] == 61.5 and cmp["probe_full_train_rows"] == 67349
+    assert cmp["accuracy"]["finetune"] == report["sst2"]["accuracy"]
+    assert cmp["beats_probe_same_subsample"] == (cmp["accuracy"]["finetune"] > cmp["accuracy"]["probe_same_subsample"])
+    assert "stsb" in saved["comparison"] and "probe_full_train" not in saved["comparison"]["stsb"]["pearson"]
+    assert "its own pooling" in saved["protocol"]["sst2"] and "cos(u, v)" in saved["protocol"]["stsb"]
+    assert saved["settings"]["head"] == "pooled" and saved["environment"]["torch_threads"] == 1
+    assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_pooled_bad_input_is_one_line(tiny_bert_dir: Path, tiny_st_dir: Path, data_dir: Path, tmp_path: Path) -> None:
+    common = ["--head", "pooled", "--tasks", "sst2", "--data-dir", str(data_dir)]
+    with pytest.raises(SystemExit) as err:
+        glue.main([str(tiny_st_dir), *common, "--lr-grid", "1e-4,abc"])
+    assert err.value.code == 2 and str(err.value).startswith("error: --lr-grid '1e-4,abc': ") and "—" in str(err.value)
+    with pytest.raises(SystemExit) as err:  # a plain HF directory has no pooling to fine-tune through
+        glue.main([str(tiny_bert_dir), *common])
+    assert err.value.code == 2 and "no modules.json with a Pooling module" in str(err.value)
+    bad = tmp_path / "not-probe.json"
+    bad.write_text(json.dumps({"mode": "finetune"}))
+    with pytest.raises(SystemExit) as err:
+        glue.main([str(tiny_st_dir), *common, "--probe-baseline", str(bad)])
+    assert err.value.code == 2 and f"{bad}: mode: not a probe report" in str(err.value)
+    with pytest.raises(SystemExit) as err:  # argparse's own error line
+        glue.main([str(tiny_st_dir), *common, "--head-c", "0"])
+    assert err.value.code == 2
