@@ -102,7 +102,7 @@ __all__ = ["DEFAULT_ROWS", "ROWS", "RowSkipped", "Settings", "is_row", "main", "
 
 logger = logging.getLogger("benchmarks.compare_objectives")
 
-BASELINE_ROWS = ("random-init", "sgns-init", "sgns-bow-init", "sgns-bag-init", "avg-sgns")
+BASELINE_ROWS = ("random-init", "sgns-init", "sgns-bow-init", "sgns-bag-init", "sgns-start-init", "avg-sgns")
 OBJECTIVE_ROWS = ("nsp", "neighbour", "permutation", "declutr", "cert")
 ROWS = (*BASELINE_ROWS, "st-simcse", *OBJECTIVE_ROWS)
 #: What the CLI runs by default: the rows plus the whitened untrained start (a curves baseline).
@@ -127,8 +127,11 @@ WHITEN_SENTENCES = 20_000
 BOW_START_WEIGHT = 8.0
 #: ``sgns-bag-init``: ``base-sgns`` as a bag of its input embeddings (``model.context_weight`` 0,
 #: ``bow_weight`` 1): the untrained start of the bag-of-embeddings rows (``neighbour-bag``).
-#: Start rows: name -> (bow_weight, context_weight).
-START_ROWS = {"sgns-bow-init": (BOW_START_WEIGHT, 1.0), "sgns-bag-init": (1.0, 0.0)}
+#: ``sgns-start-init``: ``base-sgns`` (the transformer's mean) with its own frozen bag beside it
+#: (``model.start_bag_weight`` 1): the untrained start of the ``<objective>-start`` rows.
+#: Start rows: name -> (bow_weight, context_weight, start_bag_weight).
+START_ROWS = {"sgns-bow-init": (BOW_START_WEIGHT, 1.0, 0.0), "sgns-bag-init": (1.0, 0.0, 0.0),
+              "sgns-start-init": (0.0, 1.0, 1.0)}
 BASE_ENV = "TEXTCL_SCRATCH_BASE"
 #: train.save_every_n_steps added to recipes that set none (resumable rows).
 CHECKPOINT_EVERY = 100
@@ -769,9 +772,9 @@ def _bow_start(settings: Settings, name: str = "sgns-bow-init") -> Path:
         tmp = out.with_name(f".{out.name}.tmp")
         if tmp.exists():
             shutil.rmtree(tmp)
-        bow_weight, context_weight = START_ROWS[name]
+        bow_weight, context_weight, start_bag_weight = START_ROWS[name]
         TextEncoder.from_pretrained(_scratch_model(settings, "base-sgns"), bow_weight=bow_weight,
-                                    context_weight=context_weight).save(tmp)
+                                    context_weight=context_weight, start_bag_weight=start_bag_weight).save(tmp)
         out.parent.mkdir(parents=True, exist_ok=True)
         replace_dir(tmp, out)
     return out
@@ -787,9 +790,10 @@ def prepare_row(name: str, settings: Settings) -> dict[str, Any]:
         return {"model": str(path), "command": f"(untrained) {path}"}
     if name in START_ROWS:
         path = _bow_start(settings, name)
-        bow_weight, context_weight = START_ROWS[name]
+        bow_weight, context_weight, start_bag_weight = START_ROWS[name]
         return {"model": str(path), "command": f"(untrained) {path}: base-sgns + bow_weight {bow_weight:g}, "
-                f"context_weight {context_weight:g}"}
+                f"context_weight {context_weight:g}"
+                + (f", start_bag_weight {start_bag_weight:g}" if start_bag_weight else "")}
     if name == "avg-sgns":
         path = _scratch_model(settings, "sgns")
         return {"model": f"avg-word-vectors:{path}", "command": f"mean of the SGNS vectors in {path}"}
