@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root holds benchmarks/
 
@@ -249,6 +251,28 @@ def test_whiten_rows_fit_on_training_sentences_and_need_their_base_row(settings,
     # Whitening is affine, so it changes the cosine scores: the STS numbers differ from the start's.
     assert row["sts"] != rows["sgns-init"]["sts"]
     assert json.loads(out.read_text())["order"] == ["sgns-init", "sgns-init+whiten", "nsp+whiten"]
+
+
+def test_start_rows_are_base_sgns_with_their_bag_paths(settings):
+    """sgns-bag-init = a bag of base-sgns's input embeddings; sgns-start-init = the
+    transformer's mean with a frozen copy of that bag beside it (twice the width)."""
+    from textcl.encoders import TextEncoder
+
+    texts = ["the cat sat on the mat", "a dog ran in the park"]
+    base = TextEncoder.from_pretrained(settings.scratch_dir / "base-sgns").eval()
+    bag = TextEncoder.from_pretrained(co.prepare_row("sgns-bag-init", settings)["model"]).eval()
+    facts = co.prepare_row("sgns-start-init", settings)
+    assert facts["command"].endswith("start_bag_weight 1")
+    start = TextEncoder.from_pretrained(facts["model"]).eval()
+    with torch.no_grad():
+        b, g, s = (m(m.tokenize(texts)) for m in (base, bag, start))
+    assert s.shape == (2, 32) and b.shape == g.shape == (2, 16)
+    # [normalize(contextual mean), normalize(start bag)]: each half points where the matching
+    # start row's vector points, and the halves weigh the same (start_bag_weight 1).
+    n = F.normalize
+    torch.testing.assert_close(n(s[:, :16], dim=-1), n(b, dim=-1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(n(s[:, 16:], dim=-1), n(g, dim=-1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(s[:, :16].norm(dim=-1), s[:, 16:].norm(dim=-1))
 
 
 # --------------------------------------------------------------------------- learning curves

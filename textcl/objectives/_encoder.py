@@ -47,6 +47,11 @@ class EncoderSection(MethodConfig):
     output_layer_lr_scale: float = Field(1.0, ge=0, description="lr multiplier of a trained output layer")
 
 
+#: ``model:`` keys passed to TextEncoder.from_pretrained under the same name.
+_FROM_PRETRAINED = ("pooling", "max_seq_length", "normalize", "projection_dim", "projection_hidden_dim",
+                    "bow_weight", "context_weight", "start_bag_weight")
+
+
 def build_encoder(m: EncoderSection, transformer: torch.nn.Module | None = None) -> Any:
     """The :class:`~textcl.encoders.TextEncoder` a ``model:`` section describes
     (``transformer``: an already loaded model to wrap, e.g. an MLM model's base)."""
@@ -56,17 +61,10 @@ def build_encoder(m: EncoderSection, transformer: torch.nn.Module | None = None)
     try:
         encoder = TextEncoder.from_pretrained(
             m.name_or_path,
-            pooling=m.pooling,
-            max_seq_length=m.max_seq_length,
-            normalize=m.normalize,
-            projection_dim=m.projection_dim,
-            projection_hidden_dim=m.projection_hidden_dim,
             transformer=transformer,
             # By default a whitening layer is dropped: it was fitted to the pre-training features.
             output_layer=m.output_layer == "train",
-            bow_weight=m.bow_weight,
-            context_weight=m.context_weight,
-            start_bag_weight=m.start_bag_weight,
+            **{key: getattr(m, key) for key in _FROM_PRETRAINED},
         )
     except ValueError as exc:  # context_weight 0 without a bag-of-words path (bow_weight 0)
         if "start_bag_weight" in str(exc):

@@ -30,8 +30,6 @@ Supervised, the views differ by text and the encoder stays in eval mode.
 
 from __future__ import annotations
 
-import gzip
-import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,6 +40,7 @@ from pydantic import Field, model_validator
 from textcl.core.distributed import batch_offset, gather_no_grad, gather_with_grad
 from textcl.core.losses import info_nce, retrieval_top1
 from textcl.core.recipe import InputFile
+from textcl.data_files import json_object_lines
 from textcl.documents import DataError, held_out_split
 from textcl.objectives._mlm import MLMOptions
 from textcl.objectives._sentence_common import (
@@ -101,39 +100,29 @@ def read_pairs(path: str) -> tuple[list[SentenceDocument], int]:
     if not p.is_file():
         raise DataError(f"{path}: pairs file not found — fix data.pairs")
     rows: list[SentenceDocument] = []
-    lines: list[int] = []
-    opener: Any = gzip.open if p.suffix == ".gz" else open
+    places: list[str] = []
     try:
-        with opener(p, "rt", encoding="utf-8") as fh:
-            for line_no, line in enumerate(fh, 1):
-                if not line.strip():
+        for where, row in json_object_lines(p, hint=" — write one JSON object per line"):
+            texts = []
+            for field in ("anchor", "positive", "negative"):
+                value = row.get(field)
+                if field == "negative" and value is None:
                     continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{path}: line {line_no}: invalid JSON ({exc.msg}) — write one JSON object per line") from None
-                if not isinstance(row, dict):
-                    raise DataError(f"{path}: line {line_no}: not a JSON object — write {{\"anchor\": ..., \"positive\": ...}}")
-                texts = []
-                for field in ("anchor", "positive", "negative"):
-                    value = row.get(field)
-                    if field == "negative" and value is None:
-                        continue
-                    if not isinstance(value, str) or not value.strip():
-                        raise DataError(f"{path}: line {line_no}: missing or empty {field!r} — every row needs non-empty "
-                                        "\"anchor\" and \"positive\" strings (\"negative\" optional)")
-                    texts.append(value)
-                rows.append(SentenceDocument(texts[0], texts))
-                lines.append(line_no)
+                if not isinstance(value, str) or not value.strip():
+                    raise DataError(f"{where}: missing or empty {field!r} — every row needs non-empty "
+                                    "\"anchor\" and \"positive\" strings (\"negative\" optional)")
+                texts.append(value)
+            rows.append(SentenceDocument(texts[0], texts))
+            places.append(where)
     except (UnicodeDecodeError, OSError, EOFError) as exc:  # binary, latin-1, truncated or non-gzip
         raise DataError(f"{path}: not a UTF-8 JSONL file ({type(exc).__name__}) — write UTF-8 JSON lines, "
                         "one object per line") from None
     if not rows:
         raise DataError(f"{path}: the pairs file is empty — write one {{\"anchor\": ..., \"positive\": ...}} per line")
     width = len(rows[0].sentences)
-    for doc, line_no in zip(rows, lines):
+    for doc, where in zip(rows, places):
         if len(doc.sentences) != width:
-            raise DataError(f"{path}: line {line_no}: {'no' if width == 3 else 'a'} \"negative\" unlike line {lines[0]} "
+            raise DataError(f"{where}: {'no' if width == 3 else 'a'} \"negative\" unlike {places[0]} "
                             "— give every row a hard negative or none")
     return rows, width
 
