@@ -1177,8 +1177,13 @@ def write_plot(rows: dict[str, dict[str, Any]], order: list[str], png: Path, set
     values = [rows[n]["sts_avg"] for n in names]
     colors = ["tab:green" if n.endswith(WHITEN_SUFFIX) else "tab:gray" if n in BASELINE_ROWS
               else "tab:orange" if n == "st-simcse" else "tab:blue" for n in names]
+    # A file can hold runs of several lengths (e.g. 10 and 20 minutes): the title names them all
+    # and a bar whose run length is not the current one says its own.
+    minutes = {n: rows[n].get("schedule_minutes") or rows[n].get("budget_minutes") for n in names}
+    labels = [f"{n} ({m:g} min)" if m and m != settings.budget_minutes else n for n, m in minutes.items()]
+    lengths = sorted({m for m in minutes.values() if m} or {settings.budget_minutes})
     fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(names) + 2), 4.2))
-    bars = ax.bar(names, values, color=colors)
+    bars = ax.bar(labels, values, color=colors)
     ax.bar_label(bars, fmt="%.1f", fontsize=8)
     ax.axhline(BARE_LOOP_STS_AVG, color="tab:red", linestyle="--", linewidth=1)
     ax.text(len(names) - 0.5 if names else 0.5, BARE_LOOP_STS_AVG + 0.4, f"bare loop {BARE_LOOP_STS_AVG}",
@@ -1186,7 +1191,8 @@ def write_plot(rows: dict[str, dict[str, Any]], order: list[str], png: Path, set
     low = min([*values, BARE_LOOP_STS_AVG]) if values else 0
     ax.set_ylim(max(0.0, low - 10), max([*values, BARE_LOOP_STS_AVG]) + 5 if values else 100)
     ax.set_ylabel("STS avg (Spearman x100, 'all', 7 sets)")
-    ax.set_title(f"{_model_title(settings)}, {settings.budget_minutes:g} min of training per row", fontsize=9)
+    ax.set_title(f"{_model_title(settings)}, trained rows at the end of their run "
+                 f"({' / '.join(f'{m:g}' for m in lengths)} min of training)", fontsize=9)
     plt.setp(ax.get_xticklabels(), rotation=20, ha="right")
     fig.tight_layout()
     fig.savefig(png, dpi=110)
