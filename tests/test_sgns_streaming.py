@@ -6,6 +6,9 @@ now writes them to disk in two streamed passes and the chunks read their slices 
 reference hashes below were computed with the in-memory code (commit 4cd3cec, before the
 change) on the same generated corpora: vocabulary, counts, ids, offsets, chunking and every
 dataset item (pairs and noise words) of two epochs -- integers, the same on any machine.
+Since the fused SGNS kernel (a chunk's windows and one SplitMix64 key per centre instead
+of its expanded pairs and noise words) an item's hash is new; its pairs (``"pairs"``, the
+expanded inputs and targets) still equal the pairs of the code before that change (d0108f9).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from textcl.corpus import (
     longest_sentence,
 )
 from textcl.documents import DataError
-from textcl.objectives.skipgram import SGNS
+from textcl.objectives.skipgram import SGNS, expand_pairs
 from textcl.token_store import ArrayWriter, DiskArray
 
 
@@ -93,27 +96,31 @@ CASES = {
         {"backend": "numba", "sample": 1e-3}, {"epochs": 2},
         {"vocab": "393722c2938059d0", "counts": "caa4fbeaf2819bb8", "ids": "43080ca1d16930b6",
          "offsets": "3b6410c526050cb7", "raw": [30000, 1853, 30000, 1853, 500], "cut_offsets": "3b6410c526050cb7",
-         "bounds": "1a2c9e80677b5022", "chunks": 30, "items": "2f76102ebba74121"}),
+         "bounds": "1a2c9e80677b5022", "chunks": 30, "pairs": "64dfb957c4edc9c4",
+         "items": "dd9d9845d9680119"}),
     "gz_torch": (
         lambda d: _zipf_lines(d / "b.txt.gz", 20_000, 300, 1, gz=True, hapax_every=7),
         {"chunk_words": 700, "min_count": 3, "max_vocab": 200, "max_sentences": 1500},
         {"backend": "torch", "sample": 1e-2}, {"epochs": 2},
         {"vocab": "b0ca75cd8eb96b5a", "counts": "53a7655afcfaf48a", "ids": "2d6582f391a0352b",
          "offsets": "ded2490fee376fbf", "raw": [20000, 1221, 16143, 1221, 200], "cut_offsets": "ded2490fee376fbf",
-         "bounds": "b25dd1e8f82b8a48", "chunks": 24, "items": "9e1106dbd8adf7aa"}),
+         "bounds": "b25dd1e8f82b8a48", "chunks": 24, "pairs": "7291c1e6eb99aaca",
+         "items": "4309cb225d520c18"}),
     "long_line_numba": (  # lines of 9,000-25,000 words: pieces of 7,000, cut at the chunk grid
         lambda d: _zipf_lines(d / "c.txt", 40_000, 800, 2, min_len=9000, max_len=25000, hapax_every=10),
         {"chunk_words": 2000, "min_count": 5, "max_sentence_length": 7000},
         {"backend": "numba", "sample": 1e-4}, {"epochs": 2},
         {"vocab": "f8d6c31ce3ec4fa9", "counts": "0a6c11494e4ae9c3", "ids": "714594119e8bf58d",
          "offsets": "30ca0cb7a17972af", "raw": [40000, 7, 35881, 7, 763], "cut_offsets": "595392d1d0567bd3",
-         "bounds": "8cc638d51464072c", "chunks": 18, "items": "9c7c1c2ad4dc7c2a"}),
+         "bounds": "8cc638d51464072c", "chunks": 18, "pairs": "d42e6684a99cfcb8",
+         "items": "3c2e47683c0a3b7e"}),
     "jsonl_az": (
         lambda d: _jsonl(d / "d.jsonl", 2000, 3), {"chunk_words": 300, "min_count": 1, "normalize": "a-z"},
         {"backend": "numba", "sample": 0.0}, {"epochs": 2},
         {"vocab": "cbe0156ce36c7df7", "counts": "f0439c7c17667a71", "ids": "0227206c1c5447af",
          "offsets": "a9572117af2ad6f8", "raw": [38498, 1945, 38498, 1945, 11], "cut_offsets": "a9572117af2ad6f8",
-         "bounds": "6f2dabd803203184", "chunks": 129, "items": "6b35b6d6deb48425"}),
+         "bounds": "6f2dabd803203184", "chunks": 129, "pairs": "5e0fcf50c92e461a",
+         "items": "93aab74613fd2466"}),
 }
 
 
@@ -148,13 +155,15 @@ def _summary(method):
         "raw": [c.raw_words, c.raw_sentences, c.words, c.sentences, len(c.vocab)],
         "cut_offsets": _hash(method.offsets), "bounds": _hash(method.bounds), "chunks": len(method.bounds) - 1,
     }
-    ds, items = method.train_dataset(), []
+    ds, items, pairs = method.train_dataset(), [], []
     for epoch in (0, 1):
         ds.set_epoch(epoch)
         for i in range(len(ds)):
             it = ds[i]
-            items += [it["inputs"], it["targets"], it["negatives"], np.array([it["words"]])]
-    out["items"] = _hash(*items)
+            items += [it["ids"], it["lo"], it["hi"], it["keys"], np.array([it["words"]])]
+            context, centre, _ = expand_pairs(it["lo"], it["hi"])
+            pairs += [it["ids"][context], it["ids"][centre], np.array([it["words"]])]
+    out["pairs"], out["items"] = _hash(*pairs), _hash(*items)
     return out
 
 

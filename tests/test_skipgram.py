@@ -17,13 +17,15 @@ from textcl.objectives.skipgram import (
     SGNS,
     SparseSGD,
     alias_table,
-    draw_negatives,
+    context_ranges,
+    expand_pairs,
     keep_probabilities,
     noise_distribution,
+    noise_words,
     sgd_pairs,
+    sgd_windows,
     sgns_loss,
-    skipgram_pairs,
-    window_pairs,
+    skipgram_windows,
 )
 from textcl.token_store import DiskArray
 from textcl.train import main, run
@@ -67,6 +69,13 @@ eval: {{before_training: false}}
 
 
 # ----------------------------------------------------------------------------- formulas
+def skipgram_pairs(ids, lengths, window, rng, keep_prob=None, shrink_windows=True):
+    """(inputs, targets) word ids of a chunk's pairs: its windows, expanded."""
+    kept, lo, hi = skipgram_windows(ids, lengths, window, rng, keep_prob, shrink_windows)
+    context, centre, _ = expand_pairs(lo, hi)
+    return kept[context], kept[centre]
+
+
 def test_keep_probabilities_match_word2vec_formula_and_gensim():
     counts = np.array([1000, 300, 50, 10, 1])
     sample = 1e-2
@@ -95,18 +104,39 @@ def test_noise_distribution_and_alias_sampling():
     implied = accept.copy()
     np.add.at(implied, alias, 1.0 - accept)
     assert np.allclose(implied / len(counts), probs, atol=1e-12)
-    draws = draw_negatives((accept, alias), (400_000,), np.random.default_rng(0))
-    assert draws.dtype == np.int32
-    freq = np.bincount(draws, minlength=len(counts)) / len(draws)
+    # Counter-based draws: one key, 80,000 slots of 5 draws each.
+    draws = noise_words((accept, alias), np.full(80_000, 12345, np.uint64), np.arange(80_000), 5)
+    assert draws.dtype == np.int32 and draws.shape == (80_000, 5)
+    freq = np.bincount(draws.ravel(), minlength=len(counts)) / draws.size
     assert np.abs(freq - probs).max() < 3e-3
+    # A pair's draws depend on its centre's key and its slot only: the same rows wherever
+    # they are drawn, other keys give other words.
+    keys = np.array([7, 7, 9], np.uint64)
+    rows = noise_words((accept, alias), keys, np.array([0, 3, 3]), 5)
+    again = noise_words((accept, alias), keys[[1]], np.array([3]), 5)
+    assert np.array_equal(rows[1], again[0]) and not np.array_equal(rows[0], rows[1])
+    assert not np.array_equal(rows[1], rows[2])
+    # Draw n of SplitMix64 seeded with the key, by hand in Python integers: pair slot 3,
+    # noise word d = 2 is draw 3 * 5 + 2 + 1; high bits pick the column, low bits accept.
+    mask = 2**64 - 1
+    z = (7 + (3 * 5 + 2 + 1) * 0x9E3779B97F4A7C15) & mask
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    z ^= z >> 31
+    column = ((z >> 32) * len(counts)) >> 32
+    expected = column if (z & 0xFFFFFFFF) < min(int(accept[column] * 2**32), 2**32) else alias[column]
+    assert rows[1, 2] == expected
 
 
 def test_pairs_equal_hand_enumerated_list():
     # Two sentences; windows given: each centre i pairs with contexts within windows[i].
     sentence_of = np.array([0, 0, 0, 0, 1, 1])
-    ctx, centre = window_pairs(sentence_of, np.array([1, 2, 1, 2, 1, 2]), 2)
+    lo, hi = context_ranges(sentence_of, np.array([1, 2, 1, 2, 1, 2]))
+    assert lo.tolist() == [0, 0, 1, 1, 4, 4] and hi.tolist() == [2, 4, 4, 4, 6, 6]
+    ctx, centre, slot = expand_pairs(lo, hi)
     assert list(zip(centre.tolist(), ctx.tolist())) == [
         (0, 1), (1, 0), (1, 2), (1, 3), (2, 1), (2, 3), (3, 1), (3, 2), (4, 5), (5, 4)]
+    assert slot.tolist() == [0, 0, 1, 2, 0, 1, 0, 1, 0, 0]
 
     # Seeded: the window shrinks are rng.integers(0, 2) per token; seed 0 draws 1,1,1,0,0,0,0,0.
     ids = np.array([10, 11, 12, 13, 14, 20, 21, 22], np.int32)
@@ -196,6 +226,33 @@ def test_numba_kernel_equals_autograd_sgd_step():
     l1 = sgd_pairs(a0, a1, inputs, rows[:, 0].copy(), rows[:, 1:].copy(), lr, threads=1)
     l2 = sgd_pairs(b0, b1, inputs, rows[:, 0].copy(), rows[:, 1:].copy(), lr, threads=2)
     assert l1 == pytest.approx(l2) and np.array_equal(a0, b0) and np.array_equal(a1, b1)
+
+
+def test_fused_kernel_equals_per_pair_kernel_on_the_expanded_pairs():
+    # sgd_windows makes a chunk's pairs and noise words inside its threads: with one thread
+    # it does bit for bit what sgd_pairs does on the arrays skipgram_windows / expand_pairs /
+    # noise_words expand (those the torch backend trains on).
+    rng = np.random.default_rng(4)
+    V, D, K = 300, 16, 5
+    counts = rng.integers(1, 1000, V)
+    table = alias_table(noise_distribution(counts))
+    ids = rng.integers(0, V, 5000).astype(np.int32)
+    lengths = np.array([1000, 3, 1, 1996, 2000])
+    kept, lo, hi = skipgram_windows(ids, lengths, 5, np.random.default_rng(1), keep_probabilities(counts, 1e-2))
+    keys = rng.integers(0, 2**64, len(kept), dtype=np.uint64)
+    context, centre, slot = expand_pairs(lo, hi)
+    negatives = noise_words(table, keys[centre], slot, K)
+    syn0 = (rng.standard_normal((V, D)) * 0.3).astype(np.float32)
+    syn1 = (rng.standard_normal((V, D)) * 0.3).astype(np.float32)
+    a0, a1, b0, b1 = syn0.copy(), syn1.copy(), syn0.copy(), syn1.copy()
+    expanded = sgd_pairs(a0, a1, kept[context], kept[centre], negatives, 0.05, threads=1)
+    fused = sgd_windows(b0, b1, kept, lo, hi, keys, table, K, 0.05, threads=1)
+    assert len(context) > 10_000 and fused == expanded
+    assert np.array_equal(a0, b0) and np.array_equal(a1, b1)
+    # Two threads (Hogwild over runs of centres): same pairs, so a comparable loss.
+    c0, c1 = syn0.copy(), syn1.copy()
+    two = sgd_windows(c0, c1, kept, lo, hi, keys, table, K, 0.05, threads=2)
+    assert two == pytest.approx(fused, rel=0.05) and not np.array_equal(c0, syn0)
 
 
 # ----------------------------------------------------------------------------- corpus

@@ -14,7 +14,19 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["SparseSGD", "numba_available", "sgd_pairs", "sgns_loss"]
+from textcl.objectives._sgns_sampling import (
+    _LOW32,
+    _M1,
+    _M2,
+    _S27,
+    _S30,
+    _S31,
+    _S32,
+    GOLDEN,
+    alias_thresholds,
+)
+
+__all__ = ["SparseSGD", "numba_available", "sgd_pairs", "sgd_windows", "sgns_loss"]
 
 
 def sgns_loss(
@@ -59,69 +71,107 @@ class SparseSGD(torch.optim.Optimizer):
         return loss
 
 
-_KERNEL: Any = None
+_KERNELS: Any = None
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 _LOCK = threading.Lock()
 
 
-def _kernel() -> Any:
-    """The compiled per-pair SGD kernel (numba, compiled on first use, ~2 s)."""
-    global _KERNEL
-    if _KERNEL is not None:
-        return _KERNEL
+def _kernels() -> Any:
+    """The compiled kernels (numba, compiled on first use, a few seconds): per-pair SGD on
+    given pairs, and the fused one that makes a chunk's pairs and noise words itself."""
+    global _KERNELS
+    if _KERNELS is not None:
+        return _KERNELS
     import numba
 
     # fastmath lets LLVM vectorise the dot products (reassociation); nogil lets threads run
     # slices of a batch at once (Hogwild, as word2vec.c and gensim).
-    @numba.njit(nogil=True, fastmath=True, error_model="numpy")
-    def sgns_update(syn0, syn1, inputs, targets, negatives, lo, hi, alpha, work):  # pragma: no cover
-        dim = syn0.shape[1]
-        k_neg = negatives.shape[1]
-        a = np.float32(alpha)
+    jit = numba.njit(nogil=True, fastmath=True, error_model="numpy")
+
+    @jit
+    def update_pair(v, syn1, t0, negatives, a, work):  # pragma: no cover
+        """word2vec's SGD on one pair (input row ``v``, target ``t0``); returns its loss."""
+        dim = v.shape[0]
         one = np.float32(1.0)
+        for j in range(dim):
+            work[j] = 0.0
+        # The pair's loss is -log of the product of its terms' probabilities: one log
+        # per pair instead of one per term (the logs cost a third of the kernel).
+        prob = 1.0
+        loss = 0.0
+        for d in range(negatives.shape[0] + 1):
+            if d == 0:
+                t = t0
+                label = one
+            else:
+                t = negatives[d - 1]
+                if t == t0:
+                    continue
+                label = np.float32(0.0)
+            u = syn1[t]
+            dot = np.float32(0.0)
+            for j in range(dim):
+                dot += v[j] * u[j]
+            # One exp gives both sigma(dot) and the term's probability, overflow-free.
+            e = np.float32(math.exp(-abs(dot)))
+            sig = one / (one + e) if dot >= 0 else e / (one + e)
+            if (dot >= 0) == (label > 0):
+                prob *= 1.0 / (1.0 + e)  # the term is sigma(|dot|)
+            else:
+                prob *= e / (1.0 + e)  # sigma(-|dot|)
+            if prob < 1e-200:  # flush before float64 underflow
+                loss -= math.log(prob)
+                prob = 1.0
+            g = (label - sig) * a
+            for j in range(dim):
+                work[j] += g * u[j]
+                u[j] += g * v[j]
+        for j in range(dim):
+            v[j] += work[j]
+        return loss - math.log(prob)
+
+    @jit
+    def sgd_given(syn0, syn1, inputs, targets, negatives, lo, hi, alpha, work):  # pragma: no cover
+        a = np.float32(alpha)
         loss = 0.0
         for p in range(lo, hi):
-            v = syn0[inputs[p]]
-            t0 = targets[p]
-            for j in range(dim):
-                work[j] = 0.0
-            # The pair's loss is -log of the product of its terms' probabilities: one log
-            # per pair instead of one per term (the logs cost a third of the kernel).
-            prob = 1.0
-            for d in range(k_neg + 1):
-                if d == 0:
-                    t = t0
-                    label = one
-                else:
-                    t = negatives[p, d - 1]
-                    if t == t0:
-                        continue
-                    label = np.float32(0.0)
-                u = syn1[t]
-                dot = np.float32(0.0)
-                for j in range(dim):
-                    dot += v[j] * u[j]
-                # One exp gives both sigma(dot) and the term's probability, overflow-free.
-                e = np.float32(math.exp(-abs(dot)))
-                sig = one / (one + e) if dot >= 0 else e / (one + e)
-                if (dot >= 0) == (label > 0):
-                    prob *= 1.0 / (1.0 + e)  # the term is sigma(|dot|)
-                else:
-                    prob *= e / (1.0 + e)  # sigma(-|dot|)
-                if prob < 1e-200:  # flush before float64 underflow
-                    loss -= math.log(prob)
-                    prob = 1.0
-                g = (label - sig) * a
-                for j in range(dim):
-                    work[j] += g * u[j]
-                    u[j] += g * v[j]
-            loss -= math.log(prob)
-            for j in range(dim):
-                v[j] += work[j]
+            loss += update_pair(syn0[inputs[p]], syn1, targets[p], negatives[p], a, work)
         return loss
 
-    _KERNEL = sgns_update
-    return _KERNEL
+    @jit
+    def sgd_fused(syn0, syn1, ids, ctx_lo, ctx_hi, keys, thresholds, alias, negative, first, last,
+                  alpha, work):  # pragma: no cover
+        a = np.float32(alpha)
+        n = np.uint64(len(alias))
+        negatives = np.empty(negative, np.int32)
+        loss = 0.0
+        for i in range(first, last):
+            target, key, slot = ids[i], keys[i], 0
+            for j in range(ctx_lo[i], ctx_hi[i]):
+                if j == i:
+                    continue
+                # noise_words, one pair at a time (same draws, same order).
+                for d in range(negative):
+                    z = key + np.uint64(slot * negative + d + 1) * GOLDEN
+                    z = (z ^ (z >> _S30)) * _M1
+                    z = (z ^ (z >> _S27)) * _M2
+                    z ^= z >> _S31
+                    column = np.int64(((z >> _S32) * n) >> _S32)
+                    negatives[d] = column if (z & _LOW32) < thresholds[column] else alias[column]
+                loss += update_pair(syn0[ids[j]], syn1, target, negatives, a, work)
+                slot += 1
+        return loss
+
+    _KERNELS = (sgd_given, sgd_fused)
+    return _KERNELS
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    with _LOCK:
+        pool = _POOLS.get(threads)
+        if pool is None:
+            pool = _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="sgns")
+    return pool
 
 
 def sgd_pairs(
@@ -136,20 +186,52 @@ def sgd_pairs(
     """Word2vec's per-pair SGD on ``syn0`` (input) / ``syn1`` (output) float32 tables, in
     place; returns the summed loss (computed before each pair's update). With ``threads >
     1`` each thread runs a contiguous slice of the pairs at once (Hogwild)."""
-    kernel = _kernel()
+    kernel = _kernels()[0]
     n = len(inputs)
     dim = syn0.shape[1]
     threads = max(1, min(threads, n // 64 or 1))
     if threads == 1:
         return float(kernel(syn0, syn1, inputs, targets, negatives, 0, n, alpha, np.empty(dim, np.float32)))
-    with _LOCK:
-        pool = _POOLS.get(threads)
-        if pool is None:
-            pool = _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="sgns")
     cuts = [n * i // threads for i in range(threads + 1)]
     futures = [
-        pool.submit(kernel, syn0, syn1, inputs, targets, negatives, cuts[i], cuts[i + 1], alpha,
-                    np.empty(dim, np.float32))
+        _pool(threads).submit(kernel, syn0, syn1, inputs, targets, negatives, cuts[i], cuts[i + 1], alpha,
+                              np.empty(dim, np.float32))
+        for i in range(threads)
+    ]
+    return float(sum(f.result() for f in futures))
+
+
+def sgd_windows(
+    syn0: np.ndarray,
+    syn1: np.ndarray,
+    ids: np.ndarray,
+    ctx_lo: np.ndarray,
+    ctx_hi: np.ndarray,
+    keys: np.ndarray,
+    table: tuple[np.ndarray, np.ndarray],
+    negative: int,
+    alpha: float,
+    threads: int = 1,
+) -> float:
+    """:func:`sgd_pairs` on the pairs of the windows ``ctx_lo[i] <= j < ctx_hi[i]`` (``j !=
+    i``, input ``ids[j]``, target ``ids[i]``) with :func:`noise_words` drawn from ``keys``,
+    made inside the kernel's threads: the same updates as ``sgd_pairs`` on the expanded
+    arrays (bit for bit with one thread), without materialising them. Threads take
+    contiguous runs of centres holding about equal numbers of pairs. ``table`` may hold
+    thresholds already (:func:`alias_thresholds`)."""
+    kernel = _kernels()[1]
+    thresholds = table[0] if table[0].dtype == np.uint64 else alias_thresholds(table[0])
+    alias = np.ascontiguousarray(table[1], np.int32)
+    dim, m = syn0.shape[1], len(ids)
+    pairs = np.cumsum(np.asarray(ctx_hi, np.int64) - ctx_lo - 1)
+    total = int(pairs[-1]) if m else 0
+    threads = max(1, min(threads, total // 64 or 1))
+    cuts = [0, *np.searchsorted(pairs, [total * i // threads for i in range(1, threads)], "right").tolist(), m]
+    args = (ids, ctx_lo, ctx_hi, keys, thresholds, alias, negative)
+    if threads == 1:
+        return float(kernel(syn0, syn1, *args, 0, m, alpha, np.empty(dim, np.float32)))
+    futures = [
+        _pool(threads).submit(kernel, syn0, syn1, *args, cuts[i], cuts[i + 1], alpha, np.empty(dim, np.float32))
         for i in range(threads)
     ]
     return float(sum(f.result() for f in futures))

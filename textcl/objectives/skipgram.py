@@ -31,25 +31,33 @@ never cut, so corpora of them are chunked as before. (Without that cut a chunk h
 whole pieces starting in it: on a one-line corpus two ~9,700-word pieces regularly fell into
 one chunk, twice the words and pairs of a step -- with the torch backend, whose step is the
 chunk's summed gradient, that tipped SGD into divergence and the float32 loss sum overflowed
-to inf, weights still finite.) A dataset item is one chunk's pairs and noise words, drawn
-in numpy from a generator seeded by (seed, epoch, chunk), so resumed runs see the same
-data. The corpus stays on disk (:func:`~textcl.corpus.load_corpus` writes its token ids
-and sentence offsets once, to ``data.cache_dir``): an item reads its chunk's slice of them,
-so the training process holds the vocabulary-sized tables and the chunk boundaries, never
-the token stream. Two backends apply the updates:
+to inf, weights still finite.) A dataset item is one chunk's windows: its kept token ids,
+each one's context range ``[lo, hi)`` and a 64-bit noise key, drawn in numpy from a
+generator seeded by (seed, epoch, chunk), so resumed runs see the same data. A pair's noise
+words are a pure function of its centre's key and its rank among that centre's pairs
+(SplitMix64 draws through the alias table, :func:`noise_words`): whoever makes the pairs
+-- the numba kernel's threads or numpy for the torch backend -- makes the same ones, for
+any thread count. The corpus stays on disk (:func:`~textcl.corpus.load_corpus` writes its
+token ids and sentence offsets once, to ``data.cache_dir``): an item reads its chunk's slice
+of them, so the training process holds the vocabulary-sized tables and the chunk
+boundaries, never the token stream. Two backends apply the updates:
 
-* ``numba`` (CPU, the default there): a compiled kernel runs word2vec's per-pair SGD over
-  the batch's pairs, Hogwild over ``objective.threads`` threads each taking a contiguous
-  slice (as gensim's workers take jobs); the method sets ``updates_in_forward`` so the
-  trainer skips backward and ``optimizer.step``. Same updates and loss as the autograd
-  backend for pairs that share no rows (tested), sequential per pair otherwise (word2vec's
-  semantics).
-* ``torch`` (any device, the default on CUDA): the loss above by autograd on
+* ``numba`` (CPU, the default there): a compiled kernel makes the batch's pairs and noise
+  words from the windows and runs word2vec's per-pair SGD on them, Hogwild over
+  ``objective.threads`` threads each taking a contiguous run of centres (as gensim's
+  workers take jobs); pairs are never materialised, which took a fifth of the CPU time
+  when numpy made them serially beside the kernel. The method sets ``updates_in_forward``
+  so the trainer skips backward and ``optimizer.step``. Same updates and loss as the
+  autograd backend for pairs that share no rows (tested), sequential per pair otherwise
+  (word2vec's semantics).
+* ``torch`` (any device, the default on CUDA): the windows expanded to pairs and noise words
+  in numpy (:func:`expand_pairs`, :func:`noise_words`); the loss above by autograd on
   ``F.embedding(sparse=True)`` rows, summed over the batch; ``SparseSGD`` adds
   ``-lr * grad`` to the touched rows with ``index_add_``. Every pair of a batch sees the
   parameters of the batch's start (mini-batch SGD), so use smaller ``chunk_words`` there.
 
-Both update paths live in :mod:`textcl.objectives._sgns_updates`. SGNS subclasses
+The data live in :mod:`textcl.objectives._sgns_sampling`, both update paths in
+:mod:`textcl.objectives._sgns_updates`. SGNS subclasses
 :class:`~textcl.core.method.Method`, not :class:`~textcl.objectives.base.TextMethod`: it
 trains two word-vector tables, not a transformer encoder, so that base's encoder, MLM term,
 GradCache ``forward`` and sentence-transformers output have nothing to act on.
@@ -79,7 +87,23 @@ from textcl.corpus import (
 )
 from textcl.documents import DataError
 from textcl.objectives._sgns_card import CITATION, render_word_vectors_card
-from textcl.objectives._sgns_updates import SparseSGD, numba_available, sgd_pairs, sgns_loss
+from textcl.objectives._sgns_sampling import (
+    alias_table,
+    alias_thresholds,
+    context_ranges,
+    expand_pairs,
+    keep_probabilities,
+    noise_distribution,
+    noise_words,
+    skipgram_windows,
+)
+from textcl.objectives._sgns_updates import (
+    SparseSGD,
+    numba_available,
+    sgd_pairs,
+    sgd_windows,
+    sgns_loss,
+)
 from textcl.word_vectors import WordVectors
 
 __all__ = [
@@ -87,13 +111,15 @@ __all__ = [
     "SGNSConfig",
     "SparseSGD",
     "alias_table",
-    "draw_negatives",
+    "context_ranges",
+    "expand_pairs",
     "keep_probabilities",
     "noise_distribution",
+    "noise_words",
     "sgd_pairs",
+    "sgd_windows",
     "sgns_loss",
-    "skipgram_pairs",
-    "window_pairs",
+    "skipgram_windows",
 ]
 
 logger = logging.getLogger("textcl")
@@ -143,90 +169,6 @@ class SGNSConfig(MethodConfig):
     objective: SGNSObjective = SGNSObjective()
 
 
-# --------------------------------------------------------------------- sampling (numpy)
-def keep_probabilities(counts: np.ndarray, sample: float) -> np.ndarray:
-    """Probability of keeping each word's tokens: ``min(1, (sqrt(f/t) + 1) * t/f)`` with
-    ``t = sample * sum(counts)`` (word2vec.c / gensim ``sample``); all ones if ``sample == 0``."""
-    counts = np.asarray(counts, dtype=np.float64)
-    if sample <= 0:
-        return np.ones_like(counts)
-    threshold = sample * counts.sum()
-    return np.minimum(1.0, (np.sqrt(counts / threshold) + 1.0) * threshold / counts)
-
-
-def noise_distribution(counts: np.ndarray, exponent: float = 0.75) -> np.ndarray:
-    """Noise probabilities ``counts**exponent / sum(counts**exponent)``."""
-    weights = np.asarray(counts, dtype=np.float64) ** exponent
-    return weights / weights.sum()
-
-
-def alias_table(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Walker/Vose alias table ``(accept, alias)`` of a distribution: draw ``k`` uniform,
-    keep it with probability ``accept[k]``, else take ``alias[k]``. O(1) per draw, exact:
-    5x faster than inverse-CDF search on a 42k-word vocabulary (measured)."""
-    n = len(probs)
-    scaled = (np.asarray(probs, dtype=np.float64) * n / np.sum(probs)).tolist()
-    accept = [1.0] * n
-    alias = list(range(n))
-    small = [i for i, q in enumerate(scaled) if q < 1.0]
-    large = [i for i, q in enumerate(scaled) if q >= 1.0]
-    # Plain lists: the construction is a per-word loop, run once per training run.
-    while small and large:
-        s, g = small.pop(), large.pop()
-        accept[s], alias[s] = scaled[s], g
-        scaled[g] -= 1.0 - scaled[s]
-        (small if scaled[g] < 1.0 else large).append(g)
-    return np.asarray(accept, dtype=np.float64), np.asarray(alias, dtype=np.int32)
-
-
-def draw_negatives(
-    table: tuple[np.ndarray, np.ndarray], shape: tuple[int, ...], rng: np.random.Generator
-) -> np.ndarray:
-    """Noise word ids (int32) from an ``alias_table``."""
-    accept, alias = table
-    k = rng.integers(0, len(accept), size=shape, dtype=np.int32)
-    return np.where(rng.random(shape) < accept[k], k, alias[k])
-
-
-def window_pairs(sentence_of: np.ndarray, windows: np.ndarray, max_window: int) -> tuple[np.ndarray, np.ndarray]:
-    """Positions ``(context, centre)`` of every pair with ``0 < |context - centre| <=
-    windows[centre]`` inside one sentence; centre-major, contexts ascending (word2vec order)."""
-    m = len(sentence_of)
-    offsets = np.r_[np.arange(-max_window, 0), np.arange(1, max_window + 1)]
-    centre = np.arange(m)[:, None]
-    context = centre + offsets[None, :]
-    clipped = np.clip(context, 0, max(m - 1, 0))
-    valid = (context >= 0) & (context < m) & (np.abs(offsets)[None, :] <= windows[:, None])
-    valid &= sentence_of[clipped] == sentence_of[:, None]
-    return clipped[valid], np.broadcast_to(centre, context.shape)[valid]
-
-
-def skipgram_pairs(
-    ids: np.ndarray,
-    lengths: np.ndarray,
-    window: int,
-    rng: np.random.Generator,
-    keep_prob: np.ndarray | None = None,
-    shrink_windows: bool = True,
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(inputs, targets)`` word ids of a chunk's skip-gram pairs.
-
-    ``ids`` are the chunk's tokens, ``lengths`` its sentence lengths. Draws, in this order:
-    one uniform per token for subsampling (if ``keep_prob``), then one window shrink
-    ``rng.integers(0, window)`` per kept token (if ``shrink_windows``).
-    """
-    sentence_of = np.repeat(np.arange(len(lengths)), lengths)
-    if keep_prob is not None:
-        keep = rng.random(len(ids)) < keep_prob[ids]
-        ids, sentence_of = ids[keep], sentence_of[keep]
-    if shrink_windows:
-        windows = window - rng.integers(0, window, len(ids))
-    else:
-        windows = np.full(len(ids), window)
-    context, centre = window_pairs(sentence_of, windows, window)
-    return ids[context].astype(np.int32), ids[centre].astype(np.int32)
-
-
 class _ChunkDataset(torch.utils.data.Dataset):
     """One item per corpus chunk: its pairs and noise words, seeded by (seed, epoch, chunk)."""
 
@@ -251,9 +193,11 @@ class _ChunkDataset(torch.utils.data.Dataset):
         ids = self.corpus.ids[edges[0] : edges[-1]]
         lengths = np.diff(edges)
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        inputs, targets = skipgram_pairs(ids, lengths, obj.window, rng, self.keep_prob, obj.shrink_windows)
-        negatives = draw_negatives(self.noise, (len(inputs), obj.negative), rng)
-        return {"inputs": inputs, "targets": targets, "negatives": negatives, "words": len(ids)}
+        kept, lo, hi = skipgram_windows(ids, lengths, obj.window, rng, self.keep_prob, obj.shrink_windows)
+        # One SplitMix64 key per centre: its pairs' noise words (noise_words) are drawn from
+        # it wherever the pairs are made, by the fused kernel's threads or in numpy.
+        keys = rng.integers(0, 2**64, len(kept), dtype=np.uint64)
+        return {"ids": kept, "lo": lo, "hi": hi, "keys": keys, "words": len(ids)}
 
 
 # --------------------------------------------------------------------- the method
@@ -290,11 +234,13 @@ class SGNS(Method):
         self.bounds = chunk_boundaries(self.offsets, config.data.chunk_words)
         self._optimizer: torch.optim.Optimizer | None = None
         self.timing = {"update_s": 0.0, "pairs": 0}
+        self._thresholds = alias_thresholds(self.noise[0])
         if backend == "numba":
             # Compile now, not inside the first training step (and its timing).
-            scratch = np.zeros((2, dim), np.float32)
-            sgd_pairs(scratch, scratch.copy(), np.zeros(1, np.int32), np.ones(1, np.int32),
-                      np.zeros((1, obj.negative), np.int32), 0.0)
+            scratch = np.zeros((len(vocab), dim), np.float32)
+            sgd_windows(scratch, scratch.copy(), np.array([0, 1], np.int32), np.zeros(2, np.int32),
+                        np.full(2, 2, np.int32), np.zeros(2, np.uint64), (self._thresholds, self.noise[1]),
+                        obj.negative, 0.0)
 
     @classmethod
     def from_recipe(cls, recipe: Any) -> SGNS:
@@ -342,15 +288,21 @@ class SGNS(Method):
                              self.cfg.objective, self.seed)
 
     def collate(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
-        def cat(key: str) -> torch.Tensor:
-            return torch.from_numpy(np.concatenate([ex[key] for ex in examples]))
-
-        return {
-            "inputs": cat("inputs"),
-            "targets": cat("targets"),
-            "negatives": cat("negatives"),
-            "words": torch.tensor([sum(ex["words"] for ex in examples)]),
-        }
+        """The chunks' windows end to end (numba: the kernel makes the pairs), or their pairs
+        and noise words expanded (torch)."""
+        shift = np.cumsum([0] + [len(ex["ids"]) for ex in examples[:-1]])
+        ids = np.concatenate([ex["ids"] for ex in examples])
+        lo = np.concatenate([ex["lo"] + s for ex, s in zip(examples, shift)]).astype(np.int32)
+        hi = np.concatenate([ex["hi"] + s for ex, s in zip(examples, shift)]).astype(np.int32)
+        keys = np.concatenate([ex["keys"] for ex in examples])
+        words = torch.tensor([sum(ex["words"] for ex in examples)])
+        if self.backend == "numba":
+            return {"ids": torch.from_numpy(ids), "lo": torch.from_numpy(lo), "hi": torch.from_numpy(hi),
+                    "keys": torch.from_numpy(keys), "words": words}
+        context, centre, slot = expand_pairs(lo, hi)
+        negatives = noise_words(self.noise, keys[centre], slot, self.cfg.objective.negative)
+        return {"inputs": torch.from_numpy(ids[context]), "targets": torch.from_numpy(ids[centre]),
+                "negatives": torch.from_numpy(negatives), "words": words}
 
     def examples_in(self, batch: dict[str, Any]) -> int:
         """Corpus words (in vocabulary, before subsampling): examples/s is words/s."""
@@ -382,24 +334,26 @@ class SGNS(Method):
         return float(self._optimizer.param_groups[0]["lr"])
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        inputs, targets, negatives = batch["inputs"], batch["targets"], batch["negatives"]
-        n = max(1, len(inputs))
         start = time.perf_counter()
         if self.backend == "numba":
-            loss_value = sgd_pairs(
-                self.input_vectors.data.numpy(), self.output_vectors.data.numpy(),
-                inputs.numpy(), targets.numpy(), negatives.numpy(), self._lr(), self.threads,
+            lo, hi = batch["lo"].numpy(), batch["hi"].numpy()
+            pairs = int((hi.astype(np.int64) - lo - 1).sum())
+            loss_value = sgd_windows(
+                self.input_vectors.data.numpy(), self.output_vectors.data.numpy(), batch["ids"].numpy(),
+                lo, hi, batch["keys"].numpy(), (self._thresholds, self.noise[1]),
+                self.cfg.objective.negative, self._lr(), self.threads,
             )
             loss = torch.tensor(loss_value, dtype=torch.float64)
         else:
-            loss = sgns_loss(self.input_vectors, self.output_vectors, inputs.long(), targets.long(),
-                             negatives.long(), sparse=True)
+            pairs = len(batch["inputs"])
+            loss = sgns_loss(self.input_vectors, self.output_vectors, batch["inputs"].long(),
+                             batch["targets"].long(), batch["negatives"].long(), sparse=True)
         self.timing["update_s"] += time.perf_counter() - start
-        self.timing["pairs"] += len(inputs)
+        self.timing["pairs"] += pairs
         return {
             "loss": loss,  # a sum over pairs: SGD at rate lr per pair, as word2vec
-            "pair_loss": loss.detach() / n,
-            "pairs": torch.tensor(float(len(inputs))),
+            "pair_loss": loss.detach() / max(1, pairs),
+            "pairs": torch.tensor(float(pairs)),
         }
 
     # ---- evaluation and output
