@@ -28,7 +28,9 @@ benchmarks/results/speed.json --plot`` takes about 15 minutes on 2 idle cores.
   ``--gradcache-check-pairs`` pairs from the fresh weights, same mini-batches) checks that
   the two losses agree. ``--gradcache-rss-only`` measures memory alone (no speed figures, for
   a loaded machine): textcl, textcl without the mmap threshold its GradCache pins on CPU,
-  and ST, each with and without the trim (docs/benchmarks/gradcache-memory.md).
+  and ST, each with and without the trim (docs/benchmarks/gradcache-memory.md). On CPU the
+  timed rounds also run textcl without the pinned threshold (``--gradcache-no-unpinned``
+  leaves them out): ``pin_speed_ratio``, the pin's cost or gain in examples/s.
 * ``sgns``: skip-gram with negative sampling, textcl (recipe path, numba kernel) vs gensim
   ``Word2Vec(sg=1)``, same tokenised corpus, settings and threads (``benchmarks.sgns_speed``'s
   functions; that module also measures quality and the full corpus): words/s = corpus words x
@@ -469,6 +471,7 @@ def _in_fresh_process(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str
 def bench_gradcache(
     model: str, texts: list[str], batch_size: int = 1024, mini_batch_size: int = 32,
     steps: int = 1, rounds: int = 2, check_pairs: int | None = 128, trim: bool = True,
+    unpinned: bool = True,
 ) -> dict[str, Any]:
     """Examples/s and peak memory of GradCache steps: textcl vs ST's cached MNRL.
 
@@ -476,7 +479,9 @@ def bench_gradcache(
     alternate between the libraries, medians are reported. The check round: one step with
     dropout off on the first ``check_pairs`` pairs (``None``: the whole first batch), in the
     same mini-batches, whose losses must agree -- the loss does not depend on the batch
-    size, so a small check batch costs seconds instead of minutes.
+    size, so a small check batch costs seconds instead of minutes. On CPU with ``unpinned``
+    the timed rounds also run textcl without its pinned mmap threshold (``TEXTCL_UNPINNED``):
+    ``pin_speed_ratio`` is what the pin costs or buys in examples/s.
     """
     need = 2 * batch_size * steps
     if len(texts) < need:
@@ -489,13 +494,14 @@ def bench_gradcache(
     n_check = min(check_pairs or batch_size, batch_size)
     check = [(batches[0][0][:n_check], batches[0][1][:n_check])]
     libs = ["textcl", ST]
+    timed = [*libs, TEXTCL_UNPINNED] if unpinned and DEVICE == "cpu" else libs
     threads = torch.get_num_threads()
-    seconds: dict[str, list[float]] = {name: [] for name in libs}
-    peaks: dict[str, list[float]] = {name: [] for name in libs}
+    seconds: dict[str, list[float]] = {name: [] for name in timed}
+    peaks: dict[str, list[float]] = {name: [] for name in timed}
     first: dict[str, float] = {}
     last: dict[str, float] = {}
     for r in range(rounds + 1):
-        for name in libs:
+        for name in timed if r else libs:
             res = _in_fresh_process(
                 _cached_round, name, model, batches if r else check, mini_batch_size, r > 0, threads, DEVICE, trim
             )
@@ -506,7 +512,7 @@ def bench_gradcache(
             else:
                 first[name] = res["losses"][0]
     result = _summary("examples/s", steps * batch_size, seconds)
-    for name in libs:
+    for name in timed:
         result["libraries"][name]["peak_mb"] = peaks[name]
         result["libraries"][name]["median_peak_mb"] = statistics.median(peaks[name])
     result["memory_ratio"] = result["libraries"]["textcl"]["median_peak_mb"] / max(
@@ -522,6 +528,9 @@ def bench_gradcache(
     )
     result.update(first_step_loss=first, last_step_loss=last)
     result["first_step_loss_diff"] = abs(first["textcl"] - first[ST])
+    if TEXTCL_UNPINNED in timed:
+        libs_out = result["libraries"]
+        result["pin_speed_ratio"] = libs_out["textcl"]["examples/s"] / libs_out[TEXTCL_UNPINNED]["examples/s"]
     return result
 
 
@@ -814,6 +823,9 @@ def print_report(results: dict[str, dict[str, Any]], env: dict[str, Any]) -> Non
                 mem = ", ".join(f"{lib} {r['median_peak_mb']:.0f} MiB" for lib, r in res["libraries"].items())
                 line += (f"\n  mini-batches of {res['mini_batch_size']}; loss check on {res['check_pairs']} pairs; "
                          f"step peak memory: {mem} (textcl / ST = {_floor2(res['memory_ratio'])})")
+                if "pin_speed_ratio" in res:
+                    line += (f"\n  pinned mmap threshold: textcl / textcl unpinned examples/s = "
+                             f"{res['pin_speed_ratio']:.2f}")
             print(line)
         elif section == "sgns":
             print(f"sgns: {res['words']:,} words ({res['sentences']:,} sentences of {Path(res['corpus']).name}) "
@@ -915,6 +927,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--gradcache-untrimmed", action="store_true",
                    help="gradcache (timed): no malloc_trim before the steps (the old measurement: memory the "
                         "warm-up left to malloc counts as held before them)")
+    p.add_argument("--gradcache-no-unpinned", action="store_true",
+                   help="gradcache (timed, CPU): leave out the rounds of textcl without its pinned mmap threshold "
+                        "(they measure what the pin costs in speed)")
     p.add_argument("--sgns-corpus", default=None, help="sgns: corpus (default DATA/" + CORPUS + ")")
     p.add_argument("--sgns-max-sentences", type=int, default=100_000,
                    help="sgns: first N sentences of the corpus (0: all, ~500k, 5x longer)")
@@ -984,6 +999,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             results[section] = bench_gradcache(
                 model, texts, batch["gradcache"], args.mini_batch_size, args.gradcache_steps,
                 args.gradcache_rounds, args.gradcache_check_pairs, trim=not args.gradcache_untrimmed,
+                unpinned=not args.gradcache_no_unpinned,
             )
         elif section == "sgns":
             results[section] = bench_sgns(

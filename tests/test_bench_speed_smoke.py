@@ -76,6 +76,17 @@ def test_gradcache_round_losses_agree(texts: list[str]) -> None:
     assert ours["seconds"] > 0 and ours["peak_mb"] > 0
 
 
+def test_gradcache_section_times_the_unpinned_threshold_too(texts: list[str]) -> None:
+    # Fresh processes: textcl and ST check and timed rounds, plus textcl without its pinned
+    # mmap threshold in the timed round, whose speed ratio to textcl is reported.
+    res = speed.bench_gradcache(speed.default_model(), texts, batch_size=8, mini_batch_size=4, rounds=1,
+                                check_pairs=4)
+    assert set(res["libraries"]) == {"textcl", speed.ST, speed.TEXTCL_UNPINNED}
+    assert res["first_step_loss_diff"] < 1e-4
+    unpinned = res["libraries"][speed.TEXTCL_UNPINNED]["examples/s"]
+    assert res["pin_speed_ratio"] == res["libraries"]["textcl"]["examples/s"] / unpinned
+
+
 def test_sections_resolve_aliases_and_skips() -> None:
     assert speed.resolve_sections(["all"]) == ["encode", "train", "gradcache", "sgns", "vision"]
     assert speed.resolve_sections(["all", "vision"], skip=["gradcache", "sgns"]) == ["encode", "train", "vision"]

@@ -449,7 +449,8 @@ class Trainer:
             with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()"
                 warnings.simplefilter("ignore", UserWarning)
                 self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        if not run.manual:  # a method that updates in forward makes no gradients
+            self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
         self.method.after_optimizer_step(self.state.step)
         self.state.train_seconds += time.perf_counter() - step_start
