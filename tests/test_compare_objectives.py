@@ -275,6 +275,23 @@ def test_start_rows_are_base_sgns_with_their_bag_paths(settings):
     torch.testing.assert_close(s[:, :16].norm(dim=-1), s[:, 16:].norm(dim=-1))
 
 
+@pytest.mark.parametrize("objective", ["nsp", "neighbour", "permutation", "declutr", "simcse", "cert"])
+def test_start_recipes_are_their_objective_recipe_plus_the_lever(objective):
+    """<objective>-start.yaml = <objective>.yaml with start_bag_weight 1 and the temperature
+    halved (the trained half keeps its scale); nothing else may differ, or the row would not
+    measure the lever alone."""
+    import yaml
+
+    scratch = Path(__file__).resolve().parents[1] / "recipes" / "text" / "scratch"
+    start = yaml.safe_load((scratch / f"{objective}-start.yaml").read_text())
+    base = yaml.safe_load((scratch / f"{objective}.yaml").read_text())
+    assert start.pop("output_dir") == f"runs/scratch/{objective}-start"
+    assert base.pop("output_dir") == f"runs/scratch/{objective}"
+    assert start["model"].pop("start_bag_weight") == 1.0 and "start_bag_weight" not in base["model"]
+    assert start["objective"].pop("temperature") == base["objective"].pop("temperature") / 2
+    assert start == base
+
+
 # --------------------------------------------------------------------------- learning curves
 
 BUDGETS = (0.001, 0.002, 0.004)  # minutes: snapshots after ~0.06 s and ~0.12 s, run ends at ~0.24 s
