@@ -182,12 +182,14 @@ def _compare_readers(corpus: str, normalize: str, max_sentences: int | None) -> 
 
     start = time.perf_counter()
     n_plain, read = 0, 0
-    for block in _line_blocks(corpus, normalize, "text"):  # type: ignore[arg-type]
-        block = block[: None if max_sentences is None else max_sentences - read]
-        read += len(block)
-        n_plain += count(block)
-        if max_sentences is not None and read >= max_sentences:
+    # Blocks of lines; a block's last line may go on in the next one (never inside a word).
+    for lines, open_end in _line_blocks(corpus, normalize, "text"):  # type: ignore[arg-type]
+        finished = len(lines) - open_end
+        if max_sentences is not None and read + finished >= max_sentences:
+            n_plain += count(lines[: max_sentences - read])
             break
+        read += finished
+        n_plain += count(lines)
     plain = time.perf_counter() - start
 
     def rows(ds: Any) -> Any:
@@ -309,6 +311,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"corpus: {corpus_path}: {words:,} words, {corpus.raw_sentences:,} sentences, vocabulary "
           f"{len(corpus.vocab):,} (textcl load {load_textcl_s:.1f} s; token lists for gensim {read_gensim_s:.1f} s)")
 
+    readers = None
+    if args.compare_readers:  # before the rounds: a failure here must not cost their minutes
+        readers = _compare_readers(corpus_path, args.normalize, args.max_sentences)
+        print(f"readers: {readers}")
     results: dict[str, dict[str, Any]] = {"gensim": {"rounds": []}, "textcl": {"rounds": []}}
     with tempfile.TemporaryDirectory(prefix="sgns_bench_") as tmp:
         # Warm-up: the trainer's first fit imports accelerate/tqdm/torch.distributed (~2 s);
@@ -354,9 +360,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not args.skip_eval:
         report["quality"] = {name: _mean_quality([x["quality"] for x in results[name]["rounds"]])
                              for name in ("gensim", "textcl")}
-    if args.compare_readers:
-        report["readers"] = _compare_readers(corpus_path, args.normalize, args.max_sentences)
-        print(f"readers: {report['readers']}")
+    if readers is not None:
+        report["readers"] = readers
     report["command"] = "python -m benchmarks.sgns_speed " + shlex.join(argv)
     report["environment"] = environment(("gensim", "numba", "scipy"))
     print_report(report)

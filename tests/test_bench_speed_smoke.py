@@ -165,3 +165,21 @@ def test_cli_sgns_and_vision_sections_tiny(tmp_path: Path) -> None:
         assert r["batch_size"] == 8 and len(r["seconds"]) == 1 and r["images/s"] > 0
     assert set(report["environment"]["section_seconds"]) == {"sgns", "vision"}
     assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_sgns_readers_comparison_counts_the_same_words(tmp_path: Path, monkeypatch) -> None:
+    # textcl's block reader (a line longer than a block comes in pieces) against the datasets
+    # text loader: the same words, with and without a line limit.
+    import textcl.corpus as corpus_module
+    from benchmarks import sgns_speed
+
+    monkeypatch.setattr(corpus_module, "_BLOCK_BYTES", 64)
+    lines = ["The cat sat.", " ".join(f"w{i}" for i in range(300)), "", "A dog ran in the park"] * 3
+    path = tmp_path / "c.txt.gz"
+    with gzip.open(path, "wt") as fh:
+        fh.write("\n".join(lines) + "\n")
+    words = sum(len(line.split()) for line in lines)
+    full = sgns_speed._compare_readers(str(path), "lowercase", None)
+    assert full["words_plain"] == full["words_streaming"] == full["words_arrow"] == words
+    head = sgns_speed._compare_readers(str(path), "lowercase", 5)
+    assert head["words_plain"] == head["words_streaming"] == head["words_arrow"] == 3 + 300 + 0 + 6 + 3
