@@ -71,6 +71,35 @@ class SparseSGD(torch.optim.Optimizer):
         return loss
 
 
+def _prefetch_intrinsic() -> Any:
+    """``prefetch(table, row, col)``: LLVM's prefetch of the cache line holding
+    ``table[row, col]`` (read, high locality): a hint, no value changes."""
+    from llvmlite import ir
+    from numba import types
+    from numba.core import cgutils
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def prefetch(typingctx, table, row, col):  # pragma: no cover (compiled)
+        def codegen(context, builder, signature, args):
+            table_type, row_type, col_type = signature.args
+            array = context.make_array(table_type)(context, builder, args[0])
+            index = [context.cast(builder, args[1], row_type, types.intp),
+                     context.cast(builder, args[2], col_type, types.intp)]
+            pointer = cgutils.get_item_pointer(context, builder, table_type, array, index)
+            byte_pointer, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+            function = builder.module.declare_intrinsic(
+                "llvm.prefetch", [byte_pointer], ir.FunctionType(ir.VoidType(), [byte_pointer, i32, i32, i32]))
+            # (address, rw 0 = read, locality 3 = keep in all levels, 1 = data cache)
+            builder.call(function, [builder.bitcast(pointer, byte_pointer), ir.Constant(i32, 0),
+                                    ir.Constant(i32, 3), ir.Constant(i32, 1)])
+            return context.get_dummy_value()
+
+        return types.void(table, row, col), codegen
+
+    return prefetch
+
+
 _KERNELS: Any = None
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 _LOCK = threading.Lock()
@@ -138,27 +167,53 @@ def _kernels() -> Any:
             loss += update_pair(syn0[inputs[p]], syn1, targets[p], negatives[p], a, work)
         return loss
 
+    prefetch = _prefetch_intrinsic()
+
     @jit
-    def sgd_fused(syn0, syn1, ids, ctx_lo, ctx_hi, keys, thresholds, alias, negative, first, last,
-                  alpha, work):  # pragma: no cover
-        a = np.float32(alpha)
+    def draw_centre(i, ids, ctx_lo, ctx_hi, keys, thresholds, alias, negatives, syn0, syn1):  # pragma: no cover
+        """Centre ``i``'s noise words (:func:`noise_words`, slot by slot) into ``negatives``,
+        and a prefetch of every table row its pairs will touch."""
         n = np.uint64(len(alias))
-        negatives = np.empty(negative, np.int32)
+        negative = negatives.shape[1]
+        dim = syn1.shape[1]
+        for c in range(0, dim, 16):  # 16 float32 = one 64-byte cache line
+            prefetch(syn1, ids[i], c)
+        for slot in range(ctx_hi[i] - ctx_lo[i] - 1):
+            j = ctx_lo[i] + slot
+            j += j >= i  # step over the centre
+            for c in range(0, dim, 16):
+                prefetch(syn0, ids[j], c)
+            for d in range(negative):
+                z = keys[i] + np.uint64(slot * negative + d + 1) * GOLDEN
+                z = (z ^ (z >> _S30)) * _M1
+                z = (z ^ (z >> _S27)) * _M2
+                z ^= z >> _S31
+                column = np.int64(((z >> _S32) * n) >> _S32)
+                t = column if (z & _LOW32) < thresholds[column] else alias[column]
+                negatives[slot, d] = t
+                for c in range(0, dim, 16):
+                    prefetch(syn1, t, c)
+
+    @jit
+    def sgd_fused(syn0, syn1, ids, ctx_lo, ctx_hi, keys, thresholds, alias, first, last, alpha, work,
+                  buffers):  # pragma: no cover
+        # Software pipelining by one centre: the next centre's noise words are drawn and all
+        # its rows prefetched before this centre's pairs are updated, so their cache misses
+        # overlap this centre's arithmetic (the kernel waits on memory: random rows of two
+        # vocabulary-sized tables). Prefetches change no value: same updates, bit for bit.
+        a = np.float32(alpha)
         loss = 0.0
+        if first < last:
+            draw_centre(first, ids, ctx_lo, ctx_hi, keys, thresholds, alias, buffers[0], syn0, syn1)
         for i in range(first, last):
-            target, key, slot = ids[i], keys[i], 0
+            now = (i - first) & 1
+            if i + 1 < last:
+                draw_centre(i + 1, ids, ctx_lo, ctx_hi, keys, thresholds, alias, buffers[1 - now], syn0, syn1)
+            negatives, target, slot = buffers[now], ids[i], 0
             for j in range(ctx_lo[i], ctx_hi[i]):
                 if j == i:
                     continue
-                # noise_words, one pair at a time (same draws, same order).
-                for d in range(negative):
-                    z = key + np.uint64(slot * negative + d + 1) * GOLDEN
-                    z = (z ^ (z >> _S30)) * _M1
-                    z = (z ^ (z >> _S27)) * _M2
-                    z ^= z >> _S31
-                    column = np.int64(((z >> _S32) * n) >> _S32)
-                    negatives[d] = column if (z & _LOW32) < thresholds[column] else alias[column]
-                loss += update_pair(syn0[ids[j]], syn1, target, negatives, a, work)
+                loss += update_pair(syn0[ids[j]], syn1, target, negatives[slot], a, work)
                 slot += 1
         return loss
 
@@ -223,15 +278,19 @@ def sgd_windows(
     thresholds = table[0] if table[0].dtype == np.uint64 else alias_thresholds(table[0])
     alias = np.ascontiguousarray(table[1], np.int32)
     dim, m = syn0.shape[1], len(ids)
-    pairs = np.cumsum(np.asarray(ctx_hi, np.int64) - ctx_lo - 1)
+    counts = np.asarray(ctx_hi, np.int64) - ctx_lo - 1
+    pairs = np.cumsum(counts)
     total = int(pairs[-1]) if m else 0
     threads = max(1, min(threads, total // 64 or 1))
     cuts = [0, *np.searchsorted(pairs, [total * i // threads for i in range(1, threads)], "right").tolist(), m]
-    args = (ids, ctx_lo, ctx_hi, keys, thresholds, alias, negative)
+    args = (ids, ctx_lo, ctx_hi, keys, thresholds, alias)
+    # Per thread: the work row and two centres' noise words (the one updated, the one drawn).
+    most = max(int(counts.max()) if m else 0, 1)
+    scratch = [(np.empty(dim, np.float32), np.empty((2, most, negative), np.int32)) for _ in range(threads)]
     if threads == 1:
-        return float(kernel(syn0, syn1, *args, 0, m, alpha, np.empty(dim, np.float32)))
+        return float(kernel(syn0, syn1, *args, 0, m, alpha, *scratch[0]))
     futures = [
-        _pool(threads).submit(kernel, syn0, syn1, *args, cuts[i], cuts[i + 1], alpha, np.empty(dim, np.float32))
+        _pool(threads).submit(kernel, syn0, syn1, *args, cuts[i], cuts[i + 1], alpha, *scratch[i])
         for i in range(threads)
     ]
     return float(sum(f.result() for f in futures))
