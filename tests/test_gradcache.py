@@ -15,6 +15,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from _inbatch import InBatchPairs, tiny_text_encoder
 
+from textcl.core import gradcache
 from textcl.core.gradcache import GradCache, split_features
 from textcl.core.recipe import RecipeError, TrainConfig, load_recipe
 from textcl.core.trainer import NonFiniteLossError, Trainer
@@ -240,6 +241,26 @@ def test_trainer_nan_check_with_gradcache(tmp_path):
     saved = load_file(str(tmp_path / "checkpoints" / "step_00000001" / "model.safetensors"))
     for name, p in method.state_dict().items():
         assert torch.equal(saved[name], p), name  # the NaN step changed nothing
+
+
+def test_train_cpu_mmap_threshold_reaches_gradcache(tmp_path, monkeypatch):
+    # train.cpu_mmap_threshold: the pin's size (default 128 KiB) or null (glibc's dynamic
+    # threshold: faster, more memory); the trainer hands it to its GradCache.
+    import textcl.core.trainer as trainer_module
+
+    seen = []
+
+    def recording(method, mini_batch_size, accelerator, cpu_mmap_threshold=gradcache.CPU_MMAP_THRESHOLD):
+        seen.append(cpu_mmap_threshold)
+        return gradcache.GradCache(method, mini_batch_size, cpu_mmap_threshold=None)  # no pin in this process
+
+    monkeypatch.setattr(trainer_module, "gradcache_for_training", recording)
+    for name, extra in (("default", {}), ("dynamic", {"cpu_mmap_threshold": None}), ("1mib", {"cpu_mmap_threshold": 1 << 20})):
+        cfg = TrainConfig(batch_size=8, max_steps=1, lr=1e-3, mini_batch_size=4, cpu=True, **extra)
+        Trainer(InBatchPairs(tiny_text_encoder(), n=16), cfg, tmp_path / name, seed=1).fit()
+    assert seen == [128 * 1024, None, 1 << 20]
+    with pytest.raises(ValueError, match="cpu_mmap_threshold"):
+        TrainConfig(cpu_mmap_threshold=100)
 
 
 def test_mini_batch_size_needs_the_protocol(tmp_path):

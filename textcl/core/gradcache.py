@@ -130,10 +130,13 @@ def check_gradcache_support(method: Any, name: str | None = None, source: str | 
     )
 
 
-def gradcache_for_training(method: nn.Module, mini_batch_size: int, accelerator: Any) -> GradCache:
-    """The trainer's GradCache runner for ``train.mini_batch_size``; ``RecipeError`` when the
-    method or the launch cannot use one (``check_gradcache_support``; a method that applies
-    its update in forward; FSDP, DeepSpeed and the like)."""
+def gradcache_for_training(
+    method: nn.Module, mini_batch_size: int, accelerator: Any, cpu_mmap_threshold: int | None = CPU_MMAP_THRESHOLD
+) -> GradCache:
+    """The trainer's GradCache runner for ``train.mini_batch_size`` (and
+    ``train.cpu_mmap_threshold``); ``RecipeError`` when the method or the launch cannot use one
+    (``check_gradcache_support``; a method that applies its update in forward; FSDP, DeepSpeed
+    and the like)."""
     check_gradcache_support(method)
     if getattr(method, "updates_in_forward", False):
         raise RecipeError(
@@ -145,7 +148,8 @@ def gradcache_for_training(method: nn.Module, mini_batch_size: int, accelerator:
             f"train.mini_batch_size: GradCache runs single-process or under DDP, not under "
             f"{kind}; remove train.mini_batch_size or launch with plain DDP"
         )
-    return GradCache(method, mini_batch_size, autocast=accelerator.autocast, backward=accelerator.backward)
+    return GradCache(method, mini_batch_size, autocast=accelerator.autocast, backward=accelerator.backward,
+                     cpu_mmap_threshold=cpu_mmap_threshold)
 
 
 def merge_auxiliary(out: dict[str, Any], aux: Mapping[str, Any] | None) -> dict[str, Any]:

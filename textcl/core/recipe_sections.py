@@ -116,6 +116,13 @@ class TrainConfig(_Strict):
         "for about one extra forward pass. Methods implementing embedding_inputs + "
         "loss_from_embeddings only (textcl.core.gradcache); CPU and GPU alike",
     )
+    cpu_mmap_threshold: int | None = Field(
+        128 * 1024, ge=4096,
+        description="GradCache on CPU: bytes at which the first step pins glibc's mmap threshold, so the "
+        "freed activations of differently shaped mini-batches go back to the system instead of staying "
+        "resident (about half the step's peak memory); null keeps glibc's dynamic threshold, faster "
+        "(the pin's cost is measured in docs/benchmarks/speed.md): choose memory or speed",
+    )
     epochs: int = Field(1, ge=1)
     max_steps: int | None = Field(None, ge=1, description="optimizer steps; overrides epochs")
     max_minutes: float | None = Field(

@@ -297,7 +297,7 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         cache = None
         if cfg.mini_batch_size is not None:
-            cache = gradcache_for_training(self.method, cfg.mini_batch_size, acc)
+            cache = gradcache_for_training(self.method, cfg.mini_batch_size, acc, cfg.cpu_mmap_threshold)
         self._prepare_optimization(length, resume)
         # A dedicated generator for the DataLoader: creating an iterator must not consume
         # the global torch RNG, or a resumed run's dropout masks would diverge. Its state at
