@@ -6,15 +6,16 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from _sentence_toy import topic_documents, toy_corpus
 
 from textcl.core.gradcache import GradCache
 from textcl.documents import DataError
-from textcl.objectives._sentence_common import SentenceCorpora
-from textcl.objectives.simcse import SimCSE, SimCSEConfig, load_pair_corpora, read_pairs
-from textcl.sentences import SplitStats
+from textcl.objectives._sentence_common import SentenceCorpora, SentenceCorpus
+from textcl.objectives.simcse import SimCSE, SimCSEConfig, delete_tokens, load_pair_corpora, read_pairs
+from textcl.sentences import SentenceDocument, SplitStats
 from textcl.train import main
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -25,8 +26,8 @@ LENGTHS = [4, 1, 3, 5]
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _unsupervised(**objective) -> SimCSE:
-    corpus = toy_corpus(LENGTHS)
+def _unsupervised(corpus: SentenceCorpus | None = None, **objective) -> SimCSE:
+    corpus = corpus or toy_corpus(LENGTHS)
     stats = SplitStats(len(LENGTHS), len(LENGTHS), 0, 0, corpus.num_sentences)
     cfg = SimCSEConfig.model_validate({
         "data": {"documents": str(REPO / "textcl/data/gutenberg_sample.jsonl.gz"), "max_tokens": 8},
@@ -127,6 +128,53 @@ def test_gradcache_equals_forward_with_dropout():
     assert loss2 == pytest.approx(loss, abs=1e-5) and set(grads) == set(grads2) and len(grads) > 10
     for name, g in grads.items():
         assert torch.allclose(grads2[name], g, atol=1e-5), name
+
+
+def test_delete_tokens_matches_a_by_hand_draw():
+    ids = list(range(100, 140))
+    assert delete_tokens(ids, 0.0, np.random.default_rng(0)) == ids
+    draws = np.random.default_rng(7).random(len(ids))
+    want = [t for t, u in zip(ids, draws) if u >= 0.3]
+    assert delete_tokens(ids, 0.3, np.random.default_rng(7)) == want and 0 < len(want) < len(ids)
+    # Every token drawn for deletion: exactly one survives, the one the next draw picks.
+    rng = np.random.default_rng(1)
+    assert not (rng.random(3) >= 0.999999).any()
+    assert delete_tokens([5, 6, 7], 0.999999, np.random.default_rng(1)) == [[5, 6, 7][int(rng.integers(3))]]
+    kept = sum(len(delete_tokens(ids, 0.25, np.random.default_rng(i))) for i in range(400))
+    assert kept / (400 * len(ids)) == pytest.approx(0.75, abs=0.01)
+
+
+def _long_corpus() -> SentenceCorpus:
+    docs = [SentenceDocument(f"doc{d}", [f"s{s}" for s in range(3)]) for d in range(4)]
+    return SentenceCorpus(docs, [[[1000 + 100 * d + 10 * s + t for t in range(6)] for s in range(3)] for d in range(4)])
+
+
+def test_token_deletion_gives_two_different_views_of_each_sentence():
+    m = _unsupervised(_long_corpus(), token_deletion=0.3, temperature=0.5)
+    ds = m.train_dataset()
+    items = [ds[i] for i in range(len(ds))]
+    assert [ds[3]["query"], ds[3]["positive"]] == [items[3]["query"], items[3]["positive"]]  # keyed: reproducible
+    for ex in items:
+        for view in (ex["query"], ex["positive"]):
+            assert view and set(view) <= set(ex["sentence"]) and view == sorted(view)  # an ordered subset
+    assert sum(ex["query"] != ex["positive"] for ex in items) >= len(items) // 2
+    assert 0 < sum(len(ex["query"]) for ex in items) < 6 * len(items)
+    batch = m.collate(items[:6])
+    sides = m.embedding_inputs(batch)
+    assert sides["queries"] is not sides["positives"]
+    m.eval()  # no dropout: the loss is InfoNCE of the two deleted copies' embeddings
+    with torch.no_grad():
+        out = m(batch)
+        emb = {k: m.encoder(v, project=True) for k, v in sides.items()}
+    assert not torch.allclose(emb["queries"], emb["positives"], atol=1e-4)  # different tokens, no dropout
+    logits = _cos_logits(emb["queries"], emb["positives"], 0.5)
+    assert float(out["loss"]) == pytest.approx(sum(_ce(row, i) for i, row in enumerate(logits)) / 6, rel=1e-5)
+    state = torch.get_rng_state()
+    assert m.heldout_metrics() == m.heldout_metrics()  # fixed deletions and masks per evaluation
+    assert torch.equal(torch.get_rng_state(), state)
+    with pytest.raises(ValueError, match="token_deletion"):
+        SimCSEConfig.model_validate({"data": {"pairs": str(REPO / "textcl/data/sts_sample.jsonl")},
+                                     "objective": {"mode": "supervised", "token_deletion": 0.1}})
 
 
 ROWS = [

@@ -6,6 +6,11 @@ document corpus. The batch encodes the same sentences twice (sides ``queries`` a
 second view is its positive and the other sentences' second views of the global batch
 (gathered across processes with gradient) are its negatives. The model needs dropout
 (BERT's ``hidden_dropout_prob: 0.1``): without it both views are equal and the task is void.
+``objective.token_deletion: p`` adds the paper's deletion augmentation (its Table 2 ablation,
+here on tokens): each view drops every token with probability ``p`` independently (at least
+one kept), drawn from the example's keyed RNG. Why: a from-scratch encoder solves the
+dropout-only task through lexical identity from step 0 (held-out top-1 1.000), so its
+gradient carries almost nothing; two different token subsets are not matched for free.
 
 ``mode: supervised``: ``data.pairs`` is a JSON-lines file of ``{"anchor": ..., "positive":
 ..., "negative": ...}`` rows (SimCSE's NLI triplets: entailment = positive, contradiction
@@ -23,7 +28,7 @@ Pretext metric (``evaluate``): ``simcse_heldout_loss`` and ``simcse_heldout_top1
 fixed held-out sample, every query against all held-out positives (chance = 1 /
 ``simcse_heldout_candidates``). Unsupervised, the trainer evaluates in eval mode, where
 both views are the same vector (top-1 trivially 1.0); so both views are encoded with
-dropout on (the encoder in train mode under ``no_grad``, its RNG seeded from the run's
+dropout on (and, with ``token_deletion``, with tokens deleted by a fixed evaluation RNG) (the encoder in train mode under ``no_grad``, its RNG seeded from the run's
 seed so every evaluation draws the same masks, the training RNG and mode restored after).
 Supervised, the views differ by text and the encoder stays in eval mode.
 """
@@ -44,17 +49,20 @@ from textcl.data_files import json_object_lines
 from textcl.documents import DataError, held_out_split
 from textcl.objectives._mlm import MLMOptions
 from textcl.objectives._sentence_common import (
+    EVAL_STREAM,
     PositionDataset,
     SentenceCorpora,
     SentenceCorpus,
     SentenceObjective,
     duplicate_text_mask,
+    example_rng,
     heldout_positions,
 )
 from textcl.objectives.base import TextConfig
 from textcl.sentences import SentenceDataSection, SentenceDocument, SplitStats, tokenize_sentences
 
-__all__ = ["SimCSE", "SimCSEConfig", "SimCSEData", "SimCSEDataset", "SimCSEObjective", "load_pair_corpora", "read_pairs"]
+__all__ = ["SimCSE", "SimCSEConfig", "SimCSEData", "SimCSEDataset", "SimCSEObjective", "delete_tokens", "load_pair_corpora",
+           "read_pairs"]
 
 CITATION = """@inproceedings{gao-etal-2021-simcse,
   title = {{SimCSE}: Simple Contrastive Learning of Sentence Embeddings},
@@ -70,6 +78,8 @@ class SimCSEObjective(MLMOptions):
     temperature: float = Field(0.05, gt=0)
     ignore_duplicate_text: bool = True
     eval_sentences_per_document: int = Field(8, ge=1, description="unsupervised held-out sample")
+    token_deletion: float = Field(0.0, ge=0, lt=1, description="unsupervised: each view drops each token "
+                                  "with this probability (at least one kept); 0 = dropout views only")
 
 
 class SimCSEData(SentenceDataSection):
@@ -89,6 +99,9 @@ class SimCSEConfig(TextConfig):
         want, other = ("pairs", "documents") if self.objective.mode == "supervised" else ("documents", "pairs")
         if getattr(self.data, want) is None or getattr(self.data, other) is not None:
             raise ValueError(f"objective.mode: {self.objective.mode} reads data.{want}: set it and remove data.{other}")
+        if self.objective.mode == "supervised" and self.objective.token_deletion:
+            raise ValueError("objective.token_deletion: applies to unsupervised views only — remove it or set "
+                             "objective.mode: unsupervised")
         return self
 
 
@@ -144,19 +157,34 @@ def load_pair_corpora(data: SimCSEData, tokenizer: Any) -> SentenceCorpora:
 
 
 # --------------------------------------------------------------------- sampling
-class SimCSEDataset(PositionDataset):
-    """Unsupervised: one item per sentence (``query`` only: both views come from it).
-    Supervised: one item per pair row (positions ``(row, 0)``), ``query`` = anchor,
-    ``positive`` and optional ``negative``."""
+def delete_tokens(ids: list[int], p: float, rng: np.random.Generator) -> list[int]:
+    """``ids`` with each token dropped with probability ``p`` (one uniform draw per token, in
+    order); if every token drew a deletion, one of them (drawn next) is kept."""
+    if p <= 0 or not ids:
+        return list(ids)
+    keep = rng.random(len(ids)) >= p
+    if not keep.any():
+        keep[int(rng.integers(len(ids)))] = True
+    return [t for t, k in zip(ids, keep.tolist()) if k]
 
-    def __init__(self, corpus: SentenceCorpus, seed: int, supervised: bool):
+
+class SimCSEDataset(PositionDataset):
+    """Unsupervised: one item per sentence (``query`` only: both views come from it; with
+    ``deletion`` > 0, ``query`` and ``positive`` are two token-deleted copies and ``sentence``
+    the whole one, for the auxiliary MLM term). Supervised: one item per pair row (positions
+    ``(row, 0)``), ``query`` = anchor, ``positive`` and optional ``negative``."""
+
+    def __init__(self, corpus: SentenceCorpus, seed: int, supervised: bool, deletion: float = 0.0):
         positions = corpus.positions((lambda n, s: s == 0) if supervised else None)
         super().__init__(corpus, positions, seed)
-        self.supervised = supervised
+        self.supervised, self.deletion = supervised, deletion
 
     def example(self, d: int, s: int, rng: np.random.Generator) -> dict[str, Any]:
         c = self.corpus
         ex = {"query": c.sentence(d, s), "query_text": int(c.text_key[c.gid(d, s)]), "position": (d, s)}
+        if self.deletion > 0 and not self.supervised:
+            ids = ex["sentence"] = ex["query"]
+            ex["query"], ex["positive"] = (delete_tokens(ids, self.deletion, rng) for _ in range(2))
         if self.supervised:
             for i, side in enumerate(("positive", "negative"), 1):
                 if i < c.lengths[d]:
@@ -204,21 +232,24 @@ class SimCSE(SentenceObjective):
 
     # ---- data
     def train_dataset(self) -> torch.utils.data.Dataset:
-        return self.mlm_dataset(SimCSEDataset(self.train_corpus, self.seed, self.supervised))
+        return self.mlm_dataset(SimCSEDataset(self.train_corpus, self.seed, self.supervised,
+                                              self.cfg.objective.token_deletion))
 
     def collate(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         pad = self.encoder.pad_token_ids
         query_text = torch.tensor([ex["query_text"] for ex in examples], dtype=torch.long)
         batch: dict[str, Any] = {"query_text": query_text, "queries": pad([ex["query"] for ex in examples],
                                                                           chunk_tokens=self.chunk_tokens)}
-        if not self.supervised:  # the positive is the query itself, encoded again
+        if not self.supervised:  # the positive is the query itself, encoded again (or its other deletion)
             batch["positive_text"] = query_text
+            if "positive" in examples[0]:
+                batch["positives"] = pad([ex["positive"] for ex in examples], chunk_tokens=self.chunk_tokens)
         else:
             for side in ("positive", "negative"):
                 if side in examples[0]:
                     batch[f"{side}s"] = pad([ex[side] for ex in examples], chunk_tokens=self.chunk_tokens)
                     batch[f"{side}_text"] = torch.tensor([ex[f"{side}_text"] for ex in examples], dtype=torch.long)
-        return self.add_mlm(batch, [ex["query"] for ex in examples], examples)  # objective.mlm_weight
+        return self.add_mlm(batch, [ex.get("sentence", ex["query"]) for ex in examples], examples)  # objective.mlm_weight
 
     def examples_in(self, batch: dict[str, Any]) -> int:
         return int(batch["query_text"].shape[0])
@@ -226,9 +257,10 @@ class SimCSE(SentenceObjective):
     # ---- loss
     def embedding_inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Encoder inputs per side. Unsupervised: the same features twice -- two forward
-        passes, two dropout masks (GradCache replays each pass's RNG state)."""
+        passes, two dropout masks (GradCache replays each pass's RNG state); with
+        ``token_deletion``, the two deleted copies."""
         if not self.supervised:
-            return {"queries": batch["queries"], "positives": batch["queries"]}
+            return {"queries": batch["queries"], "positives": batch.get("positives", batch["queries"])}
         return {k: batch[k] for k in ("queries", "positives", "negatives") if k in batch}
 
     def loss_from_embeddings(self, embeddings: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -280,15 +312,19 @@ class SimCSE(SentenceObjective):
         return {"loss": float(loss), "top1": float(top1), "candidates": float(len(candidate_text))}
 
     def _dropout_views(self, ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Two dropout views of ``ids`` (train mode, no gradient), the same masks at every
-        evaluation; the global RNG and the encoder's mode are left as they were."""
+        """Two dropout views of ``ids`` (train mode, no gradient), the same masks (and
+        token deletions) at every evaluation; the global RNG and the encoder's mode are left
+        as they were."""
+        p = self.cfg.objective.token_deletion
+        rng = example_rng(self.seed, EVAL_STREAM, 1, 0)
+        views_ids = [[delete_tokens(x, p, rng) for x in ids] for _ in range(2)] if p > 0 else [ids, ids]
         device, was_training = self.encoder.device, self.encoder.training
         cuda = [device.index or 0] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda):
             torch.manual_seed(self.seed)
             self.encoder.train()
             try:
-                views = tuple(self.embed_ids(ids).cpu() for _ in range(2))
+                views = tuple(self.embed_ids(v).cpu() for v in views_ids)
             finally:
                 self.encoder.train(was_training)
         return views  # type: ignore[return-value]
