@@ -203,15 +203,16 @@ _OBJECTIVES = {"simclr": {"augment": {"size": 16}},
                "npid": {"num_negatives": 32, "augment": {"size": 16}, "loss": "nce"}}
 
 
-def _vision(tmp_path: Path, name: str, batch_size: int, out: str):
+def _vision(tmp_path: Path, name: str, batch_size: int, out: str, tag: str = ""):
     """The method with its backbone (and SimCLR's BatchNorm head) made BatchNorm-free, a
-    recorder of every augmentation / negatives draw, and its recipe."""
+    recorder of every augmentation / negatives draw, and its recipe. ``tag`` names the recipe
+    file per rank: two ranks writing one file let one read it half-written (a CI failure)."""
     from accelerate.utils import set_seed
 
     from textcl.core.method import get_method_class
     from textcl.core.recipe import load_recipe
 
-    path = tmp_path / f"{name}-{batch_size}.yaml"
+    path = tmp_path / f"{name}-{batch_size}{tag}.yaml"
     path.write_text(yaml.safe_dump({
         "method": name, "output_dir": out, "seed": 0, "model": {"arch": "resnet_small", "width": 0.125},
         "data": {"source": "synthetic", "image_size": 16, "synthetic_train": 64, "synthetic_test": 16,
@@ -253,7 +254,7 @@ def _vision_worker(rank: int, store: str, tmp: str) -> None:
     _init(rank, store)
     try:
         for name in _OBJECTIVES:
-            recipe, method, draws = _vision(Path(tmp), name, 4, os.path.join(tmp, f"{name}-ddp"))
+            recipe, method, draws = _vision(Path(tmp), name, 4, os.path.join(tmp, f"{name}-ddp"), f"-rank{rank}")
             Trainer(method, recipe.train, recipe.output_dir, seed=recipe.seed).fit()
             torch.save({"state": method.state_dict(), **draws}, os.path.join(tmp, f"{name}{rank}.pt"))
     finally:

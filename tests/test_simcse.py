@@ -14,7 +14,13 @@ from _sentence_toy import topic_documents, toy_corpus
 from textcl.core.gradcache import GradCache
 from textcl.documents import DataError
 from textcl.objectives._sentence_common import SentenceCorpora, SentenceCorpus
-from textcl.objectives.simcse import SimCSE, SimCSEConfig, delete_tokens, load_pair_corpora, read_pairs
+from textcl.objectives.simcse import (
+    SimCSE,
+    SimCSEConfig,
+    delete_tokens,
+    load_pair_corpora,
+    read_pairs,
+)
 from textcl.sentences import SentenceDocument, SplitStats
 from textcl.train import main
 
