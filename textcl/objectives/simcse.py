@@ -28,8 +28,9 @@ Pretext metric (``evaluate``): ``simcse_heldout_loss`` and ``simcse_heldout_top1
 fixed held-out sample, every query against all held-out positives (chance = 1 /
 ``simcse_heldout_candidates``). Unsupervised, the trainer evaluates in eval mode, where
 both views are the same vector (top-1 trivially 1.0); so both views are encoded with
-dropout on (and, with ``token_deletion``, with tokens deleted by a fixed evaluation RNG) (the encoder in train mode under ``no_grad``, its RNG seeded from the run's
-seed so every evaluation draws the same masks, the training RNG and mode restored after).
+dropout on (the encoder in train mode under ``no_grad``, its RNG seeded from the run's
+seed so every evaluation draws the same masks, the training RNG and mode restored after)
+and, with ``token_deletion``, with tokens deleted by a fixed evaluation RNG.
 Supervised, the views differ by text and the encoder stays in eval mode.
 """
 
@@ -305,19 +306,18 @@ class SimCSE(SentenceObjective):
                 candidate_text = torch.cat([candidate_text, negative_text])
         else:
             candidate_text = query_text
-            q, k = self._dropout_views(queries)
+            p = obj.token_deletion
+            rng = example_rng(self.seed, EVAL_STREAM, 1, 0)  # the same deletions at every evaluation
+            views = [[delete_tokens(x, p, rng) for x in queries] for _ in range(2)] if p > 0 else [queries, queries]
+            q, k = self._dropout_views(*views)
         labels = torch.arange(len(rows))
         loss, top1 = _loss_and_top1(q, k, extra, query_text, candidate_text, labels, obj.temperature,
                                     obj.ignore_duplicate_text)
         return {"loss": float(loss), "top1": float(top1), "candidates": float(len(candidate_text))}
 
-    def _dropout_views(self, ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Two dropout views of ``ids`` (train mode, no gradient), the same masks (and
-        token deletions) at every evaluation; the global RNG and the encoder's mode are left
-        as they were."""
-        p = self.cfg.objective.token_deletion
-        rng = example_rng(self.seed, EVAL_STREAM, 1, 0)
-        views_ids = [[delete_tokens(x, p, rng) for x in ids] for _ in range(2)] if p > 0 else [ids, ids]
+    def _dropout_views(self, *views_ids: list[list[int]]) -> tuple[torch.Tensor, ...]:
+        """Dropout views of the token-id lists ``views_ids`` (train mode, no gradient), the same
+        masks at every evaluation; the global RNG and the encoder's mode are left as they were."""
         device, was_training = self.encoder.device, self.encoder.training
         cuda = [device.index or 0] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda):
