@@ -226,6 +226,21 @@ def test_bad_pair_files_name_file_and_line(tmp_path, rows, message):
         read_pairs(str(tmp_path / "missing.jsonl"))
 
 
+def test_backtranslation_files_give_sentence_and_first_round_trip(tmp_path):
+    rows = [
+        {"id": "a", "text": "The cat sat.", "translations": ["The cat was sitting.", "A cat sat."]},
+        {"id": "b", "text": "It rained.", "translations": ["It rained."]},  # identical round trip: dropped
+        {"id": "c", "text": "The  cat sat.", "translations": ["Again."]},  # repeats row a's sentence: dropped
+        {"id": "d", "text": "Go home.", "translations": "Go  home now."},
+    ]
+    docs, width = read_pairs(str(_pairs_file(tmp_path / "bt.jsonl", rows)))
+    assert width == 2
+    assert [d.sentences for d in docs] == [["The cat sat.", "The cat was sitting."], ["Go home.", "Go home now."]]
+    assert [d.id for d in docs] == ["The cat sat.", "Go home."]  # split by sentence, as triplets by anchor
+    with pytest.raises(DataError, match=r"bt2\.jsonl:2: no field 'translations'"):
+        read_pairs(str(_pairs_file(tmp_path / "bt2.jsonl", [rows[0], {"text": "x"}])))
+
+
 @pytest.mark.parametrize("name, data", [("bin.jsonl", b"\x00\x01\xff\xfe"), ("cut.jsonl.gz", b"\x1f\x8b\x00bad")])
 def test_binary_or_broken_pair_files_are_data_errors(tmp_path, name, data):
     (tmp_path / name).write_bytes(data)

@@ -14,7 +14,8 @@ gradient carries almost nothing; two different token subsets are not matched for
 
 ``mode: supervised``: ``data.pairs`` is a JSON-lines file of ``{"anchor": ..., "positive":
 ..., "negative": ...}`` rows (SimCSE's NLI triplets: entailment = positive, contradiction
-= hard negative). Each anchor retrieves its positive among the positives of the global
+= hard negative), or CERT's back-translation file (``{"text": ..., "translations": [...]}``
+rows: each sentence's first back-translation is its positive, identical round trips dropped). Each anchor retrieves its positive among the positives of the global
 batch plus, when the file has them, every row's hard negative (extra candidates). A file
 gives a ``negative`` on every row or on none (so every process encodes the same number of
 candidates). Rows are split train / held-out by a hash of the anchor text
@@ -115,6 +116,8 @@ def read_pairs(path: str) -> tuple[list[SentenceDocument], int]:
         raise DataError(f"{path}: pairs file not found — fix data.pairs")
     rows: list[SentenceDocument] = []
     places: list[str] = []
+    if _is_backtranslation_file(p):
+        return _backtranslation_rows(path), 2
     try:
         for where, row in json_object_lines(p, hint=" — write one JSON object per line"):
             texts = []
@@ -139,6 +142,27 @@ def read_pairs(path: str) -> tuple[list[SentenceDocument], int]:
             raise DataError(f"{where}: {'no' if width == 3 else 'a'} \"negative\" unlike {places[0]} "
                             "— give every row a hard negative or none")
     return rows, width
+
+
+def _is_backtranslation_file(path: Path) -> bool:
+    """Whether the file's first row is CERT's back-translation form (``text`` + ``translations``,
+    no ``anchor``); any reading error is left to the triplet reader, which names it."""
+    try:
+        for _, row in json_object_lines(path, hint=""):
+            return "anchor" not in row and "text" in row and "translations" in row
+    except (DataError, UnicodeDecodeError, OSError, EOFError):
+        return False
+    return False
+
+
+def _backtranslation_rows(path: str) -> list[SentenceDocument]:
+    """A back-translation file (the one CERT reads) as ``[sentence, its first back-translation]``
+    rows: SimCSE with a positive that differs in words, not only in dropout. Identical round
+    trips and repeated sentences are dropped as CERT drops them."""
+    from textcl.objectives.cert import load_pairs
+
+    pairs, _ = load_pairs(path, id_field=None)
+    return [SentenceDocument(p.text, [p.text, p.translations[0]]) for p in pairs]
 
 
 def load_pair_corpora(data: SimCSEData, tokenizer: Any) -> SentenceCorpora:
