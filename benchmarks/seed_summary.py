@@ -53,13 +53,15 @@ def collect(files: list[tuple[str, Path]], start: str) -> tuple[dict[str, Any], 
             data = json.loads(Path(path).read_text(encoding="utf-8"))
         except OSError as exc:
             raise DataDirError(f"{path}: cannot read ({exc.strerror}) — fix --file {seed}=PATH") from None
+        except UnicodeDecodeError:
+            raise DataDirError(f"{path}: not a UTF-8 text file — pass a compare_objectives result") from None
         except json.JSONDecodeError as exc:
             raise DataDirError(f"{path}: not valid JSON ({exc.msg}) — pass a compare_objectives result") from None
         found = data.get("rows") if isinstance(data, dict) else None
         if not isinstance(found, dict):
             raise DataDirError(f"{path}: no 'rows' object — pass a benchmarks.compare_objectives result")
         for name, record in found.items():
-            if record.get("status") != "done":
+            if not isinstance(record, dict) or record.get("status") != "done":
                 continue
             if name == start and start_entry is None:
                 start_entry = {"file": str(path), **_entry(*_point(record, found, name))}

@@ -44,9 +44,12 @@ def test_means_margins_and_seeds_above_the_start(tmp_path, capsys):
 
 def test_a_missing_start_or_file_is_one_error_line(tmp_path, capsys):
     a = _file(tmp_path / "a.json", {"x": {"status": "done", "points": {"10": _point(54.0, 78.7, 600)}}})
+    binary = tmp_path / "bin.json"
+    binary.write_bytes(b"\x00\x01\xff")
     for argv, message in (
         (["--file", f"42={a}", "--start", "nope"], "no file holds a finished row 'nope'"),
         (["--file", f"42={tmp_path / 'missing.json'}"], "missing.json: cannot read"),
+        (["--file", f"42={binary}"], "bin.json: not a UTF-8 text file"),
     ):
         with pytest.raises(SystemExit) as exc:
             main([*argv, "--out", str(tmp_path / "s.json")])

@@ -15,8 +15,8 @@ gradient carries almost nothing; two different token subsets are not matched for
 ``mode: supervised``: ``data.pairs`` is a JSON-lines file of ``{"anchor": ..., "positive":
 ..., "negative": ...}`` rows (SimCSE's NLI triplets: entailment = positive, contradiction
 = hard negative), or CERT's back-translation file (``{"text": ..., "translations": [...]}``
-rows: each sentence's first back-translation is its positive, identical round trips dropped). Each anchor retrieves its positive among the positives of the global
-batch plus, when the file has them, every row's hard negative (extra candidates). A file
+rows: each sentence's first back-translation is its positive, identical round trips
+dropped). Each anchor retrieves its positive among the positives of the global batch plus, when the file has them, every row's hard negative (extra candidates). A file
 gives a ``negative`` on every row or on none (so every process encodes the same number of
 candidates). Rows are split train / held-out by a hash of the anchor text
 (``data.held_out_fraction``; all rows of one premise on one side), ``data.max_eval_documents``
@@ -114,10 +114,10 @@ def read_pairs(path: str) -> tuple[list[SentenceDocument], int]:
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{path}: pairs file not found — fix data.pairs")
-    rows: list[SentenceDocument] = []
-    places: list[str] = []
     if _is_backtranslation_file(p):
         return _backtranslation_rows(path), 2
+    rows: list[SentenceDocument] = []
+    places: list[str] = []
     try:
         for where, row in json_object_lines(p, hint=" — write one JSON object per line"):
             texts = []
