@@ -18,7 +18,8 @@ gradient carries almost nothing; two different token subsets are not matched for
 rows: each sentence's first back-translation is its positive, identical round trips
 dropped). Each anchor retrieves its positive among the positives of the global batch plus,
 when the file has them, every row's hard negative (extra candidates). A file gives a
-``negative`` on every row or on none (so every process encodes the same number of candidates). Rows are split train / held-out by a hash of the anchor text
+``negative`` on every row or on none (so every process encodes the same number of
+candidates). Rows are split train / held-out by a hash of the anchor text
 (``data.held_out_fraction``; all rows of one premise on one side), ``data.max_eval_documents``
 caps the held-out rows.
 
