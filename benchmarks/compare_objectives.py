@@ -26,6 +26,7 @@ Needs the start models of ``python -m textcl.scratch`` in ``--scratch-dir`` (``b
   the reason; a row whose training fails is ``failed`` with the error, and the next row runs;
 * ``<row>+whiten`` -- ``<row>``'s model with a BERT-whitening layer (``textcl.whitening``)
   fitted on 20,000 sentences of the training documents (seed 0): no labels, no evaluation text;
+  it keeps every component, or at most ``--whiten-dim`` K (BERT-whitening's k);
   its cost (``whiten_seconds``) is recorded, outside the training budget. For the untrained
   ``random-init`` / ``sgns-init`` it is a row of its own (``sgns-init+whiten`` is in the
   default rows); for a trained row every point below has its whitened entry, and
@@ -137,7 +138,9 @@ BASE_ENV = "TEXTCL_SCRATCH_BASE"
 CHECKPOINT_EVERY = 100
 # Settings whose change makes earlier rows incomparable with new ones (budgets are points of
 # their own; transfer tasks are recorded per evaluation and completed when asked for).
-_COMPARABLE_KEYS = ("folds", "inner_folds", "sts_tasks")
+_COMPARABLE_KEYS = ("folds", "inner_folds", "sts_tasks", "whiten_dim")
+#: What a results file written before a comparable key existed was measured with.
+_COMPARABLE_DEFAULTS: dict[str, Any] = {"whiten_dim": None}
 #: The STS-B dev split (for choosing settings), relative to the data dir.
 STSB_DEV = "sts/stsb/dev.jsonl"
 
@@ -180,6 +183,8 @@ class Settings:
     inner_folds: int = 10
     threads: int = 1  # evaluation: 2 threads ran 2.5x slower than 1 on 2 busy cores
     batch_size: int = 64
+    # BERT-whitening's k: whitened rows keep at most this many components (None: all of them).
+    whiten_dim: int | None = None
     show_progress: bool = True
     simcse: SimCSESettings = field(default_factory=SimCSESettings)
 
@@ -191,7 +196,8 @@ class Settings:
             self.budgets = (float(self.budget_minutes),)
 
     def comparable(self) -> dict[str, Any]:
-        return {"folds": self.folds, "inner_folds": self.inner_folds, "sts_tasks": list(self.sts_tasks)}
+        return {"folds": self.folds, "inner_folds": self.inner_folds, "sts_tasks": list(self.sts_tasks),
+                "whiten_dim": self.whiten_dim}
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"budget_minutes": self.budget_minutes, "budgets": list(self.budgets),
@@ -743,14 +749,21 @@ def _whiten(model: Path | str, out: Path, settings: Settings) -> dict[str, Any]:
         random.Random(0).shuffle(sentences)
         _SENTENCES[key] = sentences
     _set_threads(settings.threads)
-    facts = whiten_model(model, _SENTENCES[key], out, max_texts=WHITEN_SENTENCES, seed=0,
+    dim = None
+    if settings.whiten_dim is not None:
+        from textcl.embed import Embedder
+
+        # k caps the components: a narrower model keeps all of its own.
+        width = int(Embedder.load(str(model)).encode(["a"], show_progress=False).shape[1])
+        dim = min(settings.whiten_dim, width)
+    facts = whiten_model(model, _SENTENCES[key], out, dim=dim, max_texts=WHITEN_SENTENCES, seed=0,
                          batch_size=settings.batch_size, show_progress=settings.show_progress)
     return {
         "model": str(out),
         "whitening": facts,
         "whiten_seconds": facts["encode_seconds"] + facts["fit_seconds"],
         "command": f"textcl.whitening.whiten_model({model}, <{WHITEN_SENTENCES} distinct training-split "
-        f"sentences of {documents}, seed 0>, {out})",
+        f"sentences of {documents}, seed 0>, {out}" + (f", dim={dim}" if dim is not None else "") + ")",
     }
 
 
@@ -973,6 +986,7 @@ def _load_previous(out: Path, settings: Settings, fresh: bool) -> dict[str, dict
     except json.JSONDecodeError as exc:
         raise DataDirError(f"{out}: not valid JSON ({exc.msg}); move it away or pass --fresh") from None
     old = previous.get("settings", {})
+    old = {**(_COMPARABLE_DEFAULTS if old else {}), **old}
     diff = [k for k in _COMPARABLE_KEYS if k in old and old[k] != settings.comparable()[k]]
     if diff:
         detail = ", ".join(f"{k}: {old[k]} -> {settings.comparable()[k]}" for k in diff)
@@ -1003,7 +1017,10 @@ def protocol(settings: Settings) -> dict[str, str]:
         f"embeddings, seed 1111; MR/SUBJ {settings.folds}-fold CV with {settings.inner_folds}-fold "
         f"inner C selection; TREC C by {settings.folds}-fold CV on train, test accuracy",
         "whiten": f"<row>+whiten rows: <row>'s model followed by BERT-whitening (textcl.whitening: "
-        f"mean and covariance eigenvectors / sqrt(eigenvalues), all dimensions) fitted on "
+        "mean and covariance eigenvectors / sqrt(eigenvalues), "
+        + ("all dimensions" if settings.whiten_dim is None else
+           f"the top {settings.whiten_dim} components, or all of a narrower model's")
+        + f") fitted on "
         f"{WHITEN_SENTENCES} distinct sentences of the training documents (no labels, no STS data), "
         "added after training; whiten_seconds records its cost (outside the training budget)",
         "examples_per_sec": "training examples per second in the method's unit (pairs for nsp / "
@@ -1239,6 +1256,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--simcse-threads", type=int, default=2,
                    help="torch threads while training st-simcse (default 2 = the recipes' train.threads)")
     p.add_argument("--simcse-max-documents", type=int, default=None, help="st-simcse: read at most N documents")
+    p.add_argument("--whiten-dim", type=int, default=None, metavar="K",
+                   help="whitened rows keep at most K components (BERT-whitening's k; default: all). "
+                   "Results with another K go to another --out")
     p.add_argument("--fresh", action="store_true", help="ignore rows already in --out and run all again")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
@@ -1257,8 +1277,10 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     if bad or not rows:
         p.error(f"unknown rows {bad}; valid rows: {', '.join(ROWS)}, or a variant with a recipe "
                 f"{args.recipes_dir}/<row>.yaml")
-    if min(args.budget_minutes) <= 0 or args.folds < 2 or args.inner_folds < 2 or min(args.threads, args.simcse_threads) < 1:
-        p.error("--budget-minutes must be > 0, --folds/--inner-folds >= 2, --threads/--simcse-threads >= 1")
+    if min(args.budget_minutes) <= 0 or args.folds < 2 or args.inner_folds < 2 or min(args.threads, args.simcse_threads) < 1 \
+            or (args.whiten_dim is not None and args.whiten_dim < 1):
+        p.error("--budget-minutes must be > 0, --folds/--inner-folds >= 2, --threads/--simcse-threads >= 1, "
+                "--whiten-dim >= 1")
     if args.transfer is not None and args.transfer_tasks is not None:
         p.error("give --transfer-tasks only (--transfer is its old comma-separated spelling)")
     items = args.transfer_tasks if args.transfer_tasks is not None else [
@@ -1278,7 +1300,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
         data_dir=data_dir, budgets=tuple(args.budget_minutes), scratch_dir=args.scratch_dir,
         runs_dir=args.runs_dir, recipes_dir=args.recipes_dir, transfer_tasks=transfer,
         folds=args.folds, inner_folds=args.inner_folds, threads=args.threads,
-        show_progress=not args.no_progress,
+        show_progress=not args.no_progress, whiten_dim=args.whiten_dim,
         simcse=SimCSESettings(max_documents=args.simcse_max_documents, threads=args.simcse_threads),
     )
     command = "python -m benchmarks.compare_objectives " + shlex.join(argv)

@@ -253,6 +253,34 @@ def test_whiten_rows_fit_on_training_sentences_and_need_their_base_row(settings,
     assert json.loads(out.read_text())["order"] == ["sgns-init", "sgns-init+whiten", "nsp+whiten"]
 
 
+def test_whiten_dim_caps_the_components_and_is_not_mixed_with_full_whitening(settings, tmp_path):
+    """--whiten-dim K keeps the top K components (all of a narrower model's), and a results file
+    written with another K -- or before the option existed, i.e. with all -- is refused."""
+    full = tmp_path / "full.json"
+    co.run_comparison(settings, ["sgns-init+whiten"], full)
+    saved = json.loads(full.read_text())
+    assert saved["settings"]["whiten_dim"] is None
+    # A file from before the option: no whiten_dim key, i.e. every component kept.
+    del saved["settings"]["whiten_dim"]
+    full.write_text(json.dumps(saved))
+    assert co._load_previous(full, settings, fresh=False)  # same (default) whitening: loads
+
+    settings.whiten_dim = 24
+    with pytest.raises(co.DataDirError, match="whiten_dim: None -> 24"):
+        co.run_comparison(settings, ["sgns-init+whiten"], full)
+    out = tmp_path / "k24.json"
+    rows = co.run_comparison(settings, ["sgns-init+whiten", "sgns-start-init+whiten"], out)
+    # base-sgns is 16 wide (< 24): all kept; sgns-start-init is 32 wide: the top 24.
+    assert rows["sgns-init+whiten"]["whitening"]["dim"] == 16
+    start = rows["sgns-start-init+whiten"]
+    assert start["whitening"]["in_dim"] == 32 and start["whitening"]["dim"] == 24
+    assert 0 < start["whitening"]["variance_kept"] < 1 and start["command"].endswith("dim=24)")
+    from textcl.embed import Embedder
+
+    assert Embedder.load(start["model"]).encode(["a cat"], show_progress=False).shape == (1, 24)
+    assert json.loads(out.read_text())["settings"]["whiten_dim"] == 24
+
+
 def test_start_rows_are_base_sgns_with_their_bag_paths(settings):
     """sgns-bag-init = a bag of base-sgns's input embeddings; sgns-start-init = the
     transformer's mean with a frozen copy of that bag beside it (twice the width)."""
