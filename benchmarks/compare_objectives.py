@@ -1016,7 +1016,7 @@ def protocol(settings: Settings) -> dict[str, str]:
         "transfer": f"SentEval protocol via benchmarks.senteval: logistic regression on frozen unit "
         f"embeddings, seed 1111; MR/SUBJ {settings.folds}-fold CV with {settings.inner_folds}-fold "
         f"inner C selection; TREC C by {settings.folds}-fold CV on train, test accuracy",
-        "whiten": f"<row>+whiten rows: <row>'s model followed by BERT-whitening (textcl.whitening: "
+        "whiten": "<row>+whiten rows: <row>'s model followed by BERT-whitening (textcl.whitening: "
         "mean and covariance eigenvectors / sqrt(eigenvalues), "
         + ("all dimensions" if settings.whiten_dim is None else
            f"the top {settings.whiten_dim} components, or all of a narrower model's")
