@@ -749,15 +749,10 @@ def _whiten(model: Path | str, out: Path, settings: Settings) -> dict[str, Any]:
         random.Random(0).shuffle(sentences)
         _SENTENCES[key] = sentences
     _set_threads(settings.threads)
-    dim = None
-    if settings.whiten_dim is not None:
-        from textcl.embed import Embedder
-
-        # k caps the components: a narrower model keeps all of its own.
-        width = int(Embedder.load(str(model)).encode(["a"], show_progress=False).shape[1])
-        dim = min(settings.whiten_dim, width)
-    facts = whiten_model(model, _SENTENCES[key], out, dim=dim, max_texts=WHITEN_SENTENCES, seed=0,
-                         batch_size=settings.batch_size, show_progress=settings.show_progress)
+    # k caps the components: a narrower model keeps all of its own.
+    facts = whiten_model(model, _SENTENCES[key], out, max_dim=settings.whiten_dim, max_texts=WHITEN_SENTENCES,
+                         seed=0, batch_size=settings.batch_size, show_progress=settings.show_progress)
+    dim = facts["dim"] if settings.whiten_dim is not None else None
     return {
         "model": str(out),
         "whitening": facts,

@@ -86,6 +86,7 @@ def whiten_model(
     out: str | Path,
     *,
     dim: int | None = None,
+    max_dim: int | None = None,
     max_texts: int | None = 20_000,
     seed: int = 0,
     batch_size: int = 64,
@@ -99,12 +100,17 @@ def whiten_model(
     :class:`textcl.st_modules.BagOfWordsResidual`; ``None`` keeps what the model has), so the
     layer is fitted to, and saved after, that path.
 
+    ``dim`` keeps exactly that many components (at most the embedding width); ``max_dim``
+    keeps at most that many, all of a narrower model's (give one of the two).
+
     ``max_texts`` distinct texts are drawn with ``seed``. ``out`` is written to a temporary
     directory and renamed into place, so an interrupted run never leaves a half model.
     Returns the fit's facts (also written to ``out/whitening.json``).
     """
     from textcl.card import portable_card_info
 
+    if dim is not None and max_dim is not None:
+        raise ValueError("give dim or max_dim, not both")
     chosen = sample_texts(texts, max_texts, seed)
     if len(chosen) < 2:
         raise ValueError(f"whitening needs at least 2 distinct non-empty texts, got {len(chosen)}")
@@ -118,6 +124,8 @@ def whiten_model(
     start = time.perf_counter()
     x = embedder.encode(chosen, batch_size=batch_size, normalize=False, show_progress=show_progress)
     encode_s = time.perf_counter() - start
+    if max_dim is not None:
+        dim = min(max_dim, x.shape[1])
     layer = Whitening.fit(x, dim)
     fit_s = time.perf_counter() - start - encode_s
     encoder = embedder.encoder
