@@ -30,7 +30,10 @@ Needs the start models of ``python -m textcl.scratch`` in ``--scratch-dir`` (``b
   its cost (``whiten_seconds``) is recorded, outside the training budget. For the untrained
   ``random-init`` / ``sgns-init`` it is a row of its own (``sgns-init+whiten`` is in the
   default rows); for a trained row every point below has its whitened entry, and
-  ``<row>+whiten`` is a copy of the longest budget's one (for the table and the bar plot).
+  ``<row>+whiten`` is a copy of the longest budget's one (for the table and the bar plot);
+* ``<row>@start`` -- the untrained start of recipe row ``<row>``: its ``model:`` section built
+  (levers included, e.g. ``token_weights`` counted on their corpus) and saved without a
+  training step, so a row that changes its own start is compared with that start (the Must).
 
 Learning curves: ``--budget-minutes`` takes one or more budgets. A trained row trains once, for
 the longest budget (which sets the time-based lr schedule), and saves a snapshot of its model
@@ -121,6 +124,8 @@ DEFAULT_TRANSFER = ("mr", "subj", "trec")
 #: ``<row>+whiten``: ``<row>``'s model with a whitening layer (textcl.whitening) fitted on
 #: this many training-split sentences of the chapter corpus (seed 0).
 WHITEN_SUFFIX = "+whiten"
+#: ``<row>@start``: the model ``<recipes-dir>/<row>.yaml`` builds, saved before any training step.
+START_SUFFIX = "@start"
 WHITEN_SENTENCES = 20_000
 #: ``sgns-bow-init``: ``base-sgns`` with the residual bag-of-words path (``model.bow_weight``)
 #: at this weight -- chosen on STS-B *dev* (untrained, raw / whitened on 5,000 sentences):
@@ -705,12 +710,14 @@ def is_row(name: str, recipes_dir: Path) -> bool:
     if name.endswith(WHITEN_SUFFIX):
         base = name[: -len(WHITEN_SUFFIX)]
         return base != "avg-sgns" and is_row(base, recipes_dir)
+    if name.endswith(START_SUFFIX):
+        return (Path(recipes_dir) / f"{name[: -len(START_SUFFIX)]}.yaml").is_file()
     return name in ROWS or (Path(recipes_dir) / f"{name}.yaml").is_file()
 
 
 def is_trained(name: str) -> bool:
     """Rows that train (and so have one point per budget)."""
-    return name not in BASELINE_ROWS and not name.endswith(WHITEN_SUFFIX)
+    return name not in BASELINE_ROWS and not name.endswith((WHITEN_SUFFIX, START_SUFFIX))
 
 
 def _is_derived(name: str) -> bool:
@@ -726,6 +733,8 @@ def _row_model(name: str, settings: Settings) -> Path:
         return _scratch_model(settings, "base-sgns")
     if name in START_ROWS:
         return _bow_start(settings, name)
+    if name.endswith(START_SUFFIX):
+        return _recipe_start(settings, name[: -len(START_SUFFIX)])
     path = settings.runs_dir / name
     if not (path / "modules.json").is_file():
         raise RowSkipped(f"{path} holds no finished model -- run the row {name!r} first")
@@ -788,6 +797,34 @@ def _bow_start(settings: Settings, name: str = "sgns-bow-init") -> Path:
     return out
 
 
+def _recipe_start(settings: Settings, row: str) -> Path:
+    """``<row>@start``: the encoder recipe ``row`` builds from ``base-sgns``, saved untrained
+    (written once under the runs dir)."""
+    from textcl.core.io import replace_dir
+    from textcl.core.recipe import RecipeError, load_recipe
+    from textcl.objectives._encoder import EncoderSection, build_encoder
+
+    out = settings.runs_dir / f"{row}{START_SUFFIX}"
+    if (out / "modules.json").is_file():
+        return out
+    recipe = settings.recipes_dir / f"{row}.yaml"
+    with _environ({BASE_ENV: str(_scratch_model(settings, "base-sgns")), "TEXTCL_DATA": str(settings.data_dir)}):
+        try:
+            model = getattr(load_recipe(recipe).config, "model", None)
+            if not isinstance(model, EncoderSection):
+                raise RowSkipped(f"{recipe}: method has no text encoder (model:) section")
+            encoder = build_encoder(model)
+        except RecipeError as exc:
+            raise RowSkipped(str(exc)) from None
+    tmp = out.with_name(f".{out.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    encoder.save(tmp)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    replace_dir(tmp, out)
+    return out
+
+
 def prepare_row(name: str, settings: Settings) -> dict[str, Any]:
     """Train (if the row trains) and return the row's facts incl. ``model`` (what to evaluate)."""
     if name == "random-init":
@@ -802,6 +839,10 @@ def prepare_row(name: str, settings: Settings) -> dict[str, Any]:
         return {"model": str(path), "command": f"(untrained) {path}: base-sgns + bow_weight {bow_weight:g}, "
                 f"context_weight {context_weight:g}"
                 + (f", start_bag_weight {start_bag_weight:g}" if start_bag_weight else "")}
+    if name.endswith(START_SUFFIX):
+        path = _recipe_start(settings, name[: -len(START_SUFFIX)])
+        return {"model": str(path), "command": f"(untrained) {path}: the model: section of "
+                f"{settings.recipes_dir / (name[: -len(START_SUFFIX)] + '.yaml')} built and saved before any step"}
     if name == "avg-sgns":
         path = _scratch_model(settings, "sgns")
         return {"model": f"avg-word-vectors:{path}", "command": f"mean of the SGNS vectors in {path}"}
@@ -1187,7 +1228,7 @@ def write_plot(rows: dict[str, dict[str, Any]], order: list[str], png: Path, set
 
     names = [n for n in order if rows.get(n, {}).get("status") == "done" and rows[n].get("sts_avg") is not None]
     values = [rows[n]["sts_avg"] for n in names]
-    colors = ["tab:green" if n.endswith(WHITEN_SUFFIX) else "tab:gray" if n in BASELINE_ROWS
+    colors = ["tab:green" if n.endswith(WHITEN_SUFFIX) else "tab:gray" if n in BASELINE_ROWS or n.endswith(START_SUFFIX)
               else "tab:orange" if n == "st-simcse" else "tab:blue" for n in names]
     # A file can hold runs of several lengths (e.g. 10 and 20 minutes): the title names them all
     # and a bar whose run length is not the current one says its own.

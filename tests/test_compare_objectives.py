@@ -570,3 +570,44 @@ def test_point_of_a_model_trained_through_whitening_is_not_whitened_again(tmp_pa
     assert co._ends_with_dense(dense) and not co._ends_with_dense(plain)
     assert not co._ends_with_dense(tmp_path / "missing")
     assert co._entry_complete({"status": "not applicable", "reason": "x"}, settings=None)
+
+
+def test_recipe_start_row_is_the_recipe_model_before_any_step(settings, small_documents):
+    """<row>@start: what <row>.yaml builds (token weights counted on their corpus included),
+    saved untrained; a baseline, not a trained row, and only for rows with a recipe."""
+    from textcl.encoders import TextEncoder
+    from textcl.objectives._encoder import EncoderSection, build_encoder
+
+    model = {"name_or_path": "${TEXTCL_SCRATCH_BASE}", "bow_weight": 1.0, "context_weight": 0.0,
+             "start_bag_weight": 1.0, "token_weights": {"sif_a": 0.01, "corpus": str(small_documents)}}
+    (settings.recipes_dir / "bag-sif.yaml").write_text(json.dumps(
+        {"method": "neighbour", "output_dir": "runs/x", "model": model, "data": {"documents": str(small_documents)}}))
+    assert co.is_row("bag-sif@start", settings.recipes_dir) and co.is_row("bag-sif@start+whiten", settings.recipes_dir)
+    assert not co.is_row("other@start", settings.recipes_dir)
+    assert not co.is_trained("bag-sif@start") and co.is_trained("bag-sif")
+    facts = co.prepare_row("bag-sif@start", settings)
+    assert "before any step" in facts["command"]
+    saved = TextEncoder.from_pretrained(facts["model"]).eval()
+    built = build_encoder(EncoderSection(**{**model, "name_or_path": str(settings.scratch_dir / "base-sgns")})).eval()
+    assert saved.token_weights is not None and torch.equal(saved.token_weights, built.token_weights)
+    texts = ["the cat sat on the mat", "a dog ran in the park"]
+    with torch.no_grad():
+        torch.testing.assert_close(saved(saved.tokenize(texts)), built(built.tokenize(texts)))
+    # The weights change the vector: the plain bag start differs.
+    bag = TextEncoder.from_pretrained(co.prepare_row("sgns-bag-init", settings)["model"]).eval()
+    with torch.no_grad():
+        assert not torch.allclose(F.normalize(bag(bag.tokenize(texts)), dim=-1),
+                                  F.normalize(saved(saved.tokenize(texts))[:, :16], dim=-1), atol=1e-3)
+
+
+def test_sif_recipe_is_the_target_recipe_plus_token_weights():
+    """neighbour-bag-sif.yaml = neighbour-bag-start.yaml with model.token_weights: the row
+    measures that lever alone."""
+    import yaml
+
+    scratch = Path(__file__).resolve().parents[1] / "recipes" / "text" / "scratch"
+    sif, base = (yaml.safe_load((scratch / f"{n}.yaml").read_text()) for n in ("neighbour-bag-sif", "neighbour-bag-start"))
+    assert (sif.pop("output_dir"), base.pop("output_dir")) == ("runs/scratch/neighbour-bag-sif", "runs/scratch/neighbour-bag-start")
+    weights = sif["model"].pop("token_weights")
+    assert weights["sif_a"] == 3e-3 and weights["corpus"].endswith("corpora/gutenberg_sentences.txt.gz")
+    assert sif == base

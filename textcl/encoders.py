@@ -75,6 +75,7 @@ from textcl.st_folder import (  # noqa: F401
     _STLayout,
     _write_json,
     read_start_table,
+    read_token_weights,
     write_st_folder,
 )
 from textcl.whitening_layer import Whitening
@@ -110,6 +111,7 @@ class TextEncoder(nn.Module):
         context_weight: float = 1.0,
         start_bag_weight: float = 0.0,
         start_table: torch.Tensor | None = None,
+        token_weights: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         if pooling not in POOLING_MODES:
@@ -160,6 +162,10 @@ class TextEncoder(nn.Module):
         if start_bag_weight:
             table = transformer.get_input_embeddings().weight if start_table is None else start_table
             self.start_bag = nn.Embedding.from_pretrained(table.detach().clone().float(), freeze=True)
+        #: Per-token weights of the bag paths (SIF, :mod:`textcl.token_weights`): a buffer, never trained.
+        self.register_buffer("token_weights", None)
+        if token_weights is not None:
+            self.set_token_weights(token_weights)
         # Optimizer options (configure_training): defaults = no lever.
         self.embedding_lr_scale = self.output_layer_lr_scale = 1.0
         self.anchor_weight = 0.0
@@ -197,6 +203,7 @@ class TextEncoder(nn.Module):
         bow_weight: float | None = None,
         context_weight: float | None = None,
         start_bag_weight: float | None = None,
+        token_weights: torch.Tensor | None = None,
     ) -> TextEncoder:
         """Load from a sentence-transformers / textcl directory, a plain HF model dir or a hub name.
 
@@ -209,7 +216,8 @@ class TextEncoder(nn.Module):
         ``output_layer=False`` (training: the layer was fitted to the features before training).
         ``bow_weight`` overrides the saved residual bag-of-words weight (0 without one),
         ``context_weight`` the saved weight of the contextual part (1 without one),
-        ``start_bag_weight`` the saved StartBag weight (0 without one; a new one copies the table).
+        ``start_bag_weight`` the saved StartBag weight (0 without one; a new one copies the table),
+        ``token_weights`` the saved per-token weights of the bag paths (none without them).
         Raises :class:`ModelLoadError` (a one-line message) when the model cannot be loaded.
         """
         from transformers import AutoTokenizer
@@ -223,6 +231,7 @@ class TextEncoder(nn.Module):
             if transformer is None:
                 transformer = _load_transformer(ref, **kwargs)
             start_table = read_start_table(loc, layout)
+            saved_weights = read_token_weights(loc, layout)
         if max_seq_length is None:
             if layout is not None and layout.max_seq_length is not None:
                 max_seq_length = int(layout.max_seq_length)
@@ -244,7 +253,10 @@ class TextEncoder(nn.Module):
             context_weight=context_weight if context_weight is not None else (layout.context_weight if layout else 1.0),
             start_bag_weight=start_bag_weight if start_bag_weight is not None else (layout.start_bag_weight if layout else 0.0),
             start_table=start_table,
+            token_weights=token_weights,
         )
+        if token_weights is None and saved_weights is not None and (encoder.bow_weight or encoder.start_bag is not None):
+            encoder.set_token_weights(saved_weights)  # unless the overrides removed every bag path
         if layout is not None and layout.dense_subfolder is not None:
             if output_layer:
                 with _load_errors(name):
@@ -282,6 +294,22 @@ class TextEncoder(nn.Module):
         if self.output_layer is None or self.train_output_layer:  # forward applied it already
             return pooled
         return self.output_layer(pooled)
+
+    def set_token_weights(self, weights: torch.Tensor | None) -> None:
+        """Weight each token of the bag paths (``bow_weight``, ``start_bag_weight``) by
+        ``weights[id]`` (one per vocabulary id; ``None``: the plain mean). The contextual mean is unweighted."""
+        if weights is None:
+            self.token_weights = None
+            return
+        vocab = self.transformer.get_input_embeddings().num_embeddings
+        if weights.dim() != 1 or weights.shape[0] != vocab:
+            raise ValueError(f"token_weights must hold one weight per vocabulary id ({vocab}), got {tuple(weights.shape)}")
+        if not self.bow_weight and self.start_bag is None:
+            raise ValueError("token_weights weight the bag paths: set bow_weight or start_bag_weight > 0")
+        if not torch.isfinite(weights).all() or (weights < 0).any():
+            raise ValueError("token_weights must be finite and >= 0")
+        device = self.transformer.get_input_embeddings().weight.device
+        self.token_weights = weights.detach().float().to(device)
 
     def configure_training(self, *, embedding_lr_scale: float = 1.0, anchor_weight: float = 0.0,
                            output_layer_lr_scale: float = 1.0) -> None:
@@ -452,7 +480,7 @@ class TextEncoder(nn.Module):
         bow = None
         if self.bow_weight:
             emb = self.transformer.get_input_embeddings()
-            bow = self.bow_weight * bow_mean(emb, features["input_ids"], attention_mask)
+            bow = self.bow_weight * bow_mean(emb, features["input_ids"], attention_mask, self.token_weights)
         if self.context_weight:
             out = self.transformer(**inputs, return_dict=True)
             hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
@@ -464,8 +492,8 @@ class TextEncoder(nn.Module):
         else:  # a bag of input embeddings: no transformer pass at all
             pooled = bow
         if self.start_bag is not None:
-            pooled = concat_start_bag(pooled, bow_mean(self.start_bag, features["input_ids"], attention_mask),
-                                      self.start_bag_weight)
+            start = bow_mean(self.start_bag, features["input_ids"], attention_mask, self.token_weights)
+            pooled = concat_start_bag(pooled, start, self.start_bag_weight)
         if self.train_output_layer:
             pooled = self.output_layer(pooled)  # type: ignore[misc]
         if project and self.projection is not None:
@@ -495,5 +523,6 @@ class TextEncoder(nn.Module):
             output_layer=self.output_layer,
             model_card=model_card,
             start_bag=None if self.start_bag is None else (self.start_bag_weight, self.start_bag.weight),
+            token_weights=self.token_weights,
         )
 

@@ -39,11 +39,18 @@ def pool(token_embeddings: torch.Tensor, attention_mask: torch.Tensor, mode: str
     raise ValueError(f"pooling must be one of {POOLING_MODES}, got {mode!r}")
 
 
-def bow_mean(embedding: nn.Embedding, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def bow_mean(embedding: nn.Embedding, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+             token_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Mean of the input-embedding rows of the attended tokens: ``(B, T)`` ids -> ``(B, d)``
-    (the residual bag-of-words path, ``TextEncoder.bow_weight``)."""
+    (the residual bag-of-words path, ``TextEncoder.bow_weight``).
+
+    ``token_weights`` (one per vocabulary id, e.g. SIF's ``a / (a + p(token))``,
+    :mod:`textcl.token_weights`) makes it the weighted mean ``sum w_t e_t / sum w_t``.
+    """
     rows = embedding(input_ids)
     mask = attention_mask.unsqueeze(-1).to(rows.dtype)
+    if token_weights is not None:
+        mask = mask * token_weights.to(rows.device, rows.dtype)[input_ids].unsqueeze(-1)
     return (rows * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
 
 

@@ -106,6 +106,7 @@ class _STLayout:
     context_weight: float = 1.0  # its weight of the contextual part (0: a bag of input embeddings)
     start_bag_subfolder: str | None = None  # a StartBag module (frozen start table) after them
     start_bag_weight: float = 0.0
+    token_weights_subfolder: str | None = None  # the module whose model.safetensors holds token_weights
 
 
 def _pooling_from_config(cfg: dict[str, Any], where: str) -> str:
@@ -130,6 +131,7 @@ def _read_st_layout(loc: _Location) -> _STLayout | None:
     normalize = False
     bow_weight, context_weight = 0.0, 1.0
     start_dir, start_weight = None, 0.0
+    weights_dir = None
     for module in sorted(modules, key=lambda m: int(m.get("idx", 0))):
         kind = module["type"].rsplit(".", 1)[-1]
         if kind == "Transformer":
@@ -143,9 +145,13 @@ def _read_st_layout(loc: _Location) -> _STLayout | None:
                 and not normalize:
             cfg = loc.json(f"{module['path']}/config.json") or {}
             bow_weight, context_weight = float(cfg.get("weight", 1.0)), float(cfg.get("context_weight", 1.0))
+            if cfg.get("token_weighted"):
+                weights_dir = module["path"]
         elif kind == "StartBag" and pooling is not None and start_dir is None and dense_dir is None and not normalize:
             cfg = loc.json(f"{module['path']}/config.json") or {}
             start_dir, start_weight = module["path"], float(cfg.get("weight", 1.0))
+            if cfg.get("token_weighted") and weights_dir is None:
+                weights_dir = module["path"]
         elif kind == "Dense" and pooling is not None and dense_dir is None and not normalize:
             cfg = loc.json(f"{module['path']}/config.json") or {}
             check_identity_dense(cfg, f"{loc.ref}/{module['path']}")
@@ -170,7 +176,7 @@ def _read_st_layout(loc: _Location) -> _STLayout | None:
                 )
             break
     return _STLayout(transformer_dir, max_seq_length, pooling, normalize, dense_dir, bow_weight, context_weight,
-                     start_dir, start_weight)
+                     start_dir, start_weight, weights_dir)
 
 
 def read_start_table(loc: _Location, layout: _STLayout | None) -> torch.Tensor | None:
@@ -180,6 +186,15 @@ def read_start_table(loc: _Location, layout: _STLayout | None) -> torch.Tensor |
     from safetensors.torch import load_file
 
     return load_file(str(_module_dir(loc, layout.start_bag_subfolder) / "model.safetensors"))["table.weight"]
+
+
+def read_token_weights(loc: _Location, layout: _STLayout | None) -> torch.Tensor | None:
+    """The per-token weights of a saved model's bag paths (``None`` without them)."""
+    if layout is None or layout.token_weights_subfolder is None:
+        return None
+    from safetensors.torch import load_file
+
+    return load_file(str(_module_dir(loc, layout.token_weights_subfolder) / "model.safetensors"))["token_weights"]
 
 
 def _module_dir(loc: _Location, subfolder: str) -> Path:
@@ -206,6 +221,7 @@ def write_st_folder(
     output_layer: nn.Module | None = None,
     model_card: str | None = None,
     start_bag: tuple[float, torch.Tensor] | None = None,
+    token_weights: torch.Tensor | None = None,
 ) -> None:
     """Write a sentence-transformers model directory into ``path`` (created if needed); see
     :meth:`textcl.encoders.TextEncoder.save`, which calls it with its own settings.
@@ -215,7 +231,13 @@ def write_st_folder(
     :class:`textcl.st_modules.BagOfWordsResidual` module (with ``context_weight``, the weight
     of the contextual part, when it is not 1). ``start_bag`` = ``(weight, frozen table)`` is
     written as a :class:`textcl.st_modules.StartBag` module (its own ``model.safetensors``).
+    ``token_weights`` (per-token weights of the bag paths) go into each bag module's
+    ``model.safetensors``, flagged by ``token_weighted`` in its config.
     """
+    weighted = token_weights is not None
+    if weighted and not bow_weight and start_bag is None:
+        raise ValueError("token_weights need a bag path (bow_weight or start_bag)")
+    weights = {"token_weights": token_weights.detach().float().contiguous().cpu()} if weighted else {}
     # We write ST's files ourselves rather than building ST modules and calling ST's save:
     # building an ST Transformer module means reloading the weights from disk (slow, twice
     # the memory) and importing sentence-transformers (seconds). We write the classic
@@ -243,17 +265,25 @@ def write_st_folder(
             {"idx": n, "name": str(n), "path": f"{n}_BagOfWordsResidual",
              "type": "textcl.st_modules.BagOfWordsResidual"}
         )
-        bow_config: dict[str, float] = {"weight": bow_weight}
+        bow_config: dict[str, Any] = {"weight": bow_weight}
         if context_weight != 1.0:
             bow_config["context_weight"] = context_weight
+        if weighted:
+            bow_config.update(token_weighted=True, vocab_size=int(token_weights.shape[0]))
         _write_json(path / f"{n}_BagOfWordsResidual" / "config.json", bow_config)
+        if weighted:
+            save_file(weights, str(path / f"{n}_BagOfWordsResidual" / "model.safetensors"))
     if start_bag is not None:
         n = len(modules)
         modules.append({"idx": n, "name": str(n), "path": f"{n}_StartBag", "type": "textcl.st_modules.StartBag"})
         weight, table = start_bag
-        _write_json(path / f"{n}_StartBag" / "config.json",
-                    {"weight": weight, "vocab_size": int(table.shape[0]), "dim": int(table.shape[1]), "pooled_dim": dim})
-        save_file({"table.weight": table.detach().contiguous().cpu()}, str(path / f"{n}_StartBag" / "model.safetensors"))
+        start_config: dict[str, Any] = {"weight": weight, "vocab_size": int(table.shape[0]), "dim": int(table.shape[1]),
+                                        "pooled_dim": dim}
+        if weighted:
+            start_config["token_weighted"] = True
+        _write_json(path / f"{n}_StartBag" / "config.json", start_config)
+        save_file({"table.weight": table.detach().contiguous().cpu(), **weights},
+                  str(path / f"{n}_StartBag" / "model.safetensors"))
     if output_layer is not None:
         n = len(modules)
         modules.append(

@@ -9,7 +9,15 @@ from pydantic import Field
 
 from textcl.core.method import MethodConfig
 
-__all__ = ["EncoderSection", "build_encoder", "encoder_card_facts", "resolve_chunk_tokens"]
+__all__ = ["EncoderSection", "TokenWeightsSection", "build_encoder", "encoder_card_facts", "resolve_chunk_tokens"]
+
+
+class TokenWeightsSection(MethodConfig):
+    """SIF weights ``a / (a + p(token))`` for the bag paths, ``p`` counted on unlabelled sentences."""
+
+    sif_a: float = Field(1e-3, gt=0, description="SIF's a (Arora et al. 2017 use 1e-3 to 1e-4)")
+    corpus: str = Field(description="sentences to count tokens on: .txt[.gz] (one per line) or documents .jsonl[.gz]")
+    max_texts: int | None = Field(200_000, ge=1, description="distinct sentences counted (sampled with seed 0); null = all")
 
 
 class EncoderSection(MethodConfig):
@@ -45,6 +53,10 @@ class EncoderSection(MethodConfig):
         "drop", description="a Dense (whitening) layer of the start model: drop it, or train through it and keep it"
     )
     output_layer_lr_scale: float = Field(1.0, ge=0, description="lr multiplier of a trained output layer")
+    token_weights: TokenWeightsSection | None = Field(
+        None, description="weight each token of the bag paths (bow_weight, start_bag_weight) by SIF's a / (a + p); "
+        "null = what the start model has (none for a plain model)",
+    )
 
 
 #: ``model:`` keys passed to TextEncoder.from_pretrained under the same name.
@@ -72,6 +84,8 @@ def build_encoder(m: EncoderSection, transformer: torch.nn.Module | None = None)
         if "context_weight" not in str(exc):
             raise
         raise RecipeError(f"model.context_weight: {exc} -- set model.bow_weight > 0") from None
+    if m.token_weights is not None:
+        _set_token_weights(encoder, m.token_weights)
     if m.output_layer == "train":
         if encoder.output_layer is None:
             raise RecipeError(
@@ -85,6 +99,28 @@ def build_encoder(m: EncoderSection, transformer: torch.nn.Module | None = None)
         output_layer_lr_scale=m.output_layer_lr_scale,
     )
     return encoder
+
+
+def _set_token_weights(encoder: Any, t: TokenWeightsSection) -> None:
+    """Count the tokens of ``t.corpus`` with the encoder's tokenizer and set SIF weights."""
+    from textcl.core.recipe import RecipeError
+    from textcl.token_weights import count_tokens, sif_weights
+    from textcl.whitening import read_texts, sample_texts
+
+    if not encoder.bow_weight and encoder.start_bag is None:
+        raise RecipeError("model.token_weights: they weight the bag paths, and this model has none "
+                          "-- set model.bow_weight or model.start_bag_weight > 0")
+    try:
+        texts = sample_texts(read_texts(t.corpus), t.max_texts, seed=0)
+    except FileNotFoundError:
+        raise RecipeError(f"model.token_weights.corpus: {t.corpus} not found -- fix the path") from None
+    except ValueError as exc:
+        raise RecipeError(f"model.token_weights.corpus: {exc}") from None
+    if not texts:
+        raise RecipeError(f"model.token_weights.corpus: {t.corpus} holds no sentences -- point it at a text corpus")
+    vocab = encoder.transformer.get_input_embeddings().num_embeddings
+    counts = count_tokens(encoder.tokenizer, texts, max_length=encoder.max_seq_length, vocab_size=vocab)
+    encoder.set_token_weights(sif_weights(counts, t.sif_a))
 
 
 def resolve_chunk_tokens(encoder: Any, setting: int | str | None) -> int | None:
