@@ -16,10 +16,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "textcl"
 #: Bottom up: each module may import only from modules before it in this list.
 TEXT_STACK = [
     "textcl.pooling",
+    "textcl.fit_texts",
     "textcl.batching",
     "textcl.model_location",
     "textcl.whitening_layer",
     "textcl.st_folder",
+    "textcl.encoder_levers",
     "textcl.encoders",
     "textcl.st_modules",
     "textcl.embed",

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import random
 import sys
 import time
 from collections.abc import Sequence
@@ -35,6 +34,7 @@ from typing import Any
 
 from textcl.core.io import atomic_write_json, replace_dir
 from textcl.embed import Embedder
+from textcl.fit_texts import read_texts, sample_texts  # noqa: F401 (re-exported)
 from textcl.whitening_layer import IDENTITY, Whitening, check_identity_dense, logger  # noqa: F401 (re-exported)
 
 __all__ = ["Whitening", "read_texts", "whiten_model"]
@@ -48,36 +48,6 @@ CITATION = """@article{su2021whitening,
 
 #: The file a whitened model keeps the fit's facts in.
 FIT_FILE = "whitening.json"
-
-
-def read_texts(source: str | Path, *, text_field: str = "text") -> list[str]:
-    """Texts to fit on: lines of a ``.txt[.gz]`` file (one sentence each), or the sentences of a
-    document corpus (``.jsonl[.gz]`` / ``hf://`` dataset, split by :mod:`textcl.sentences`)."""
-    # Imported on use, for speed: only read_texts needs the corpus readers and the sentence
-    # splitter (~0.5 s of imports, pydantic and syntok), not whiten_model or --help.
-    from textcl.corpus import _is_text_file
-
-    source = str(source)
-    if _is_text_file(source):
-        import gzip
-
-        path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"corpus {path} not found -- fix --corpus")
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
-            return [line.strip() for line in fh if line.strip()]
-    from textcl.sentences import load_sentence_documents
-
-    docs, _ = load_sentence_documents(source, text_field=text_field, id_field=None, min_sentences=1)
-    return [s for d in docs for s in d.sentences]
-
-
-def sample_texts(texts: Sequence[str], n: int | None, seed: int = 0) -> list[str]:
-    """``n`` distinct texts drawn uniformly with ``seed`` (all of them, shuffled, if fewer)."""
-    unique = list(dict.fromkeys(t for t in texts if t.strip()))
-    random.Random(seed).shuffle(unique)
-    return unique if n is None else unique[:n]
 
 
 def whiten_model(

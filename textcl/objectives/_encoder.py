@@ -104,8 +104,8 @@ def build_encoder(m: EncoderSection, transformer: torch.nn.Module | None = None)
 def _set_token_weights(encoder: Any, t: TokenWeightsSection) -> None:
     """Count the tokens of ``t.corpus`` with the encoder's tokenizer and set SIF weights."""
     from textcl.core.recipe import RecipeError
+    from textcl.fit_texts import read_texts, sample_texts
     from textcl.token_weights import count_tokens, sif_weights
-    from textcl.whitening import read_texts, sample_texts
 
     if not encoder.bow_weight and encoder.start_bag is None:
         raise RecipeError("model.token_weights: they weight the bag paths, and this model has none "
