@@ -76,7 +76,7 @@ import shutil
 import sys
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -777,52 +777,51 @@ def whiten_row(base: str, settings: Settings) -> dict[str, Any]:
     return {"base_row": base, **_whiten(model, settings.runs_dir / f"{base}{WHITEN_SUFFIX}", settings)}
 
 
-def _bow_start(settings: Settings, name: str = "sgns-bow-init") -> Path:
-    """``base-sgns`` with the bag-of-words path of start row ``name`` (:data:`START_ROWS`),
-    written once under the runs dir."""
-    from textcl.encoders import TextEncoder
-
-    out = settings.runs_dir / name
+def _untrained_once(out: Path, build: Callable[[], Any]) -> Path:
+    """The untrained encoder ``build()`` returns, saved to ``out`` once (temp dir, then renamed)."""
     if not (out / "modules.json").is_file():
         from textcl.core.io import replace_dir
 
+        encoder = build()
         tmp = out.with_name(f".{out.name}.tmp")
         if tmp.exists():
             shutil.rmtree(tmp)
-        bow_weight, context_weight, start_bag_weight = START_ROWS[name]
-        TextEncoder.from_pretrained(_scratch_model(settings, "base-sgns"), bow_weight=bow_weight,
-                                    context_weight=context_weight, start_bag_weight=start_bag_weight).save(tmp)
+        encoder.save(tmp)
         out.parent.mkdir(parents=True, exist_ok=True)
         replace_dir(tmp, out)
     return out
 
 
+def _bow_start(settings: Settings, name: str = "sgns-bow-init") -> Path:
+    """``base-sgns`` with the bag-of-words path of start row ``name`` (:data:`START_ROWS`),
+    written once under the runs dir."""
+    from textcl.encoders import TextEncoder
+
+    bow_weight, context_weight, start_bag_weight = START_ROWS[name]
+    return _untrained_once(settings.runs_dir / name, lambda: TextEncoder.from_pretrained(
+        _scratch_model(settings, "base-sgns"), bow_weight=bow_weight, context_weight=context_weight,
+        start_bag_weight=start_bag_weight))
+
+
 def _recipe_start(settings: Settings, row: str) -> Path:
     """``<row>@start``: the encoder recipe ``row`` builds from ``base-sgns``, saved untrained
     (written once under the runs dir)."""
-    from textcl.core.io import replace_dir
-    from textcl.core.recipe import RecipeError, load_recipe
-    from textcl.objectives._encoder import EncoderSection, build_encoder
 
-    out = settings.runs_dir / f"{row}{START_SUFFIX}"
-    if (out / "modules.json").is_file():
-        return out
-    recipe = settings.recipes_dir / f"{row}.yaml"
-    with _environ({BASE_ENV: str(_scratch_model(settings, "base-sgns")), "TEXTCL_DATA": str(settings.data_dir)}):
-        try:
-            model = getattr(load_recipe(recipe).config, "model", None)
-            if not isinstance(model, EncoderSection):
-                raise RowSkipped(f"{recipe}: method has no text encoder (model:) section")
-            encoder = build_encoder(model)
-        except RecipeError as exc:
-            raise RowSkipped(str(exc)) from None
-    tmp = out.with_name(f".{out.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    encoder.save(tmp)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    replace_dir(tmp, out)
-    return out
+    def build() -> Any:
+        from textcl.core.recipe import RecipeError, load_recipe
+        from textcl.objectives._encoder import EncoderSection, build_encoder
+
+        recipe = settings.recipes_dir / f"{row}.yaml"
+        with _environ({BASE_ENV: str(_scratch_model(settings, "base-sgns")), "TEXTCL_DATA": str(settings.data_dir)}):
+            try:
+                model = getattr(load_recipe(recipe).config, "model", None)
+                if not isinstance(model, EncoderSection):
+                    raise RowSkipped(f"{recipe}: method has no text encoder (model:) section")
+                return build_encoder(model)
+            except RecipeError as exc:
+                raise RowSkipped(str(exc)) from None
+
+    return _untrained_once(settings.runs_dir / f"{row}{START_SUFFIX}", build)
 
 
 def prepare_row(name: str, settings: Settings) -> dict[str, Any]:

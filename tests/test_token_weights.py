@@ -132,3 +132,7 @@ def test_recipe_counts_the_corpus_and_sets_sif_weights(tmp_path):
     empty.write_text("\n\n")
     with pytest.raises(RecipeError, match="model.token_weights.corpus: .*no sentences"):
         build_encoder(EncoderSection(name_or_path=str(src), bow_weight=1.0, token_weights={"corpus": str(empty)}))
+    binary = tmp_path / "binary.txt"
+    binary.write_bytes(b"abc\x00\x01\x02\n" * 10)
+    with pytest.raises(RecipeError, match="model.token_weights.corpus: .*binary"):
+        build_encoder(EncoderSection(name_or_path=str(src), bow_weight=1.0, token_weights={"corpus": str(binary)}))

@@ -206,7 +206,6 @@ class TextEncoder(EncoderLevers, nn.Module):
         bow_weight: float | None = None,
         context_weight: float | None = None,
         start_bag_weight: float | None = None,
-        token_weights: torch.Tensor | None = None,
     ) -> TextEncoder:
         """Load from a sentence-transformers / textcl directory, a plain HF model dir or a hub name.
 
@@ -219,8 +218,8 @@ class TextEncoder(EncoderLevers, nn.Module):
         ``output_layer=False`` (training: the layer was fitted to the features before training).
         ``bow_weight`` overrides the saved residual bag-of-words weight (0 without one),
         ``context_weight`` the saved weight of the contextual part (1 without one),
-        ``start_bag_weight`` the saved StartBag weight (0 without one; a new one copies the table),
-        ``token_weights`` the saved per-token weights of the bag paths (none without them).
+        ``start_bag_weight`` the saved StartBag weight (0 without one; a new one copies the table).
+        Saved per-token weights of the bag paths are kept while a bag path is.
         Raises :class:`ModelLoadError` (a one-line message) when the model cannot be loaded.
         """
         from transformers import AutoTokenizer
@@ -256,9 +255,8 @@ class TextEncoder(EncoderLevers, nn.Module):
             context_weight=context_weight if context_weight is not None else (layout.context_weight if layout else 1.0),
             start_bag_weight=start_bag_weight if start_bag_weight is not None else (layout.start_bag_weight if layout else 0.0),
             start_table=start_table,
-            token_weights=token_weights,
         )
-        if token_weights is None and saved_weights is not None and (encoder.bow_weight or encoder.start_bag is not None):
+        if saved_weights is not None and (encoder.bow_weight or encoder.start_bag is not None):
             encoder.set_token_weights(saved_weights)  # unless the overrides removed every bag path
         if layout is not None and layout.dense_subfolder is not None:
             if output_layer:

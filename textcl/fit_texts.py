@@ -19,6 +19,7 @@ def read_texts(source: str | Path, *, text_field: str = "text") -> list[str]:
     # Imported on use, for speed: only read_texts needs the corpus readers and the sentence
     # splitter (~0.5 s of imports, pydantic and syntok), not whiten_model or --help.
     from textcl.corpus import _is_text_file
+    from textcl.data_files import check_data_file
 
     source = str(source)
     if _is_text_file(source):
@@ -27,6 +28,7 @@ def read_texts(source: str | Path, *, text_field: str = "text") -> list[str]:
         path = Path(source)
         if not path.is_file():
             raise FileNotFoundError(f"corpus {path} not found -- fix --corpus")
+        check_data_file(path)  # DataError (a ValueError), one line: empty, binary, not UTF-8
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
             return [line.strip() for line in fh if line.strip()]

@@ -107,6 +107,7 @@ def _set_token_weights(encoder: Any, t: TokenWeightsSection) -> None:
     from textcl.fit_texts import read_texts, sample_texts
     from textcl.token_weights import count_tokens, sif_weights
 
+    # set_token_weights checks this too; here it fails before the corpus is read.
     if not encoder.bow_weight and encoder.start_bag is None:
         raise RecipeError("model.token_weights: they weight the bag paths, and this model has none "
                           "-- set model.bow_weight or model.start_bag_weight > 0")
@@ -114,7 +115,7 @@ def _set_token_weights(encoder: Any, t: TokenWeightsSection) -> None:
         texts = sample_texts(read_texts(t.corpus), t.max_texts, seed=0)
     except FileNotFoundError:
         raise RecipeError(f"model.token_weights.corpus: {t.corpus} not found -- fix the path") from None
-    except ValueError as exc:
+    except ValueError as exc:  # textcl.data_files.DataError: empty, binary, not UTF-8
         raise RecipeError(f"model.token_weights.corpus: {exc}") from None
     if not texts:
         raise RecipeError(f"model.token_weights.corpus: {t.corpus} holds no sentences -- point it at a text corpus")
