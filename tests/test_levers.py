@@ -186,6 +186,44 @@ def test_context_weight_zero_is_a_bag_of_input_embeddings_and_skips_the_transfor
         TextEncoder(plain.transformer, plain.tokenizer, context_weight=0.0)
 
 
+def test_bow_mean_fused_path_equals_the_row_gather_in_value_and_gradient():
+    from textcl.pooling import bow_mean
+
+    class Scaled(torch.nn.Embedding):  # a model's own embedding class: called as it is
+        def forward(self, ids):
+            return 3.0 * super().forward(ids)
+
+    torch.manual_seed(0)
+    table = torch.nn.Embedding(50, 8)
+    ids = torch.randint(0, 50, (4, 7))
+    mask = torch.tensor([[1] * 7, [1] * 5 + [0] * 2, [1] * 2 + [0] * 5, [1] * 7])
+    weights = torch.rand(50)
+    rows = table.weight[ids]
+    w = (mask * weights[ids]).unsqueeze(-1)
+    expected = (rows * w).sum(1) / w.sum(1)
+    out = bow_mean(table, ids, mask, weights)
+    np.testing.assert_allclose(out.detach().numpy(), expected.detach().numpy(), atol=1e-6)
+    (grad,) = torch.autograd.grad((out * torch.arange(8.0)).sum(), table.weight)
+    (manual,) = torch.autograd.grad((expected * torch.arange(8.0)).sum(), table.weight)
+    np.testing.assert_allclose(grad.numpy(), manual.numpy(), atol=1e-6)
+    scaled = Scaled(50, 8)
+    scaled.weight.data.copy_(table.weight.data)
+    np.testing.assert_allclose(bow_mean(scaled, ids, mask, weights).detach().numpy(),
+                               3.0 * expected.detach().numpy(), atol=1e-5)
+
+
+def test_auto_forward_chunks_skip_a_bag_without_a_transformer_pass(tmp_path):
+    from textcl.objectives._encoder import resolve_chunk_tokens
+
+    plain = tiny_encoder(tmp_path)
+    bag = TextEncoder(plain.transformer, plain.tokenizer, max_seq_length=32, bow_weight=1.0, context_weight=0.0)
+    # Chunks only save transformer work; a bag would pay one dense table gradient per chunk.
+    assert resolve_chunk_tokens(bag, "auto") is None
+    assert resolve_chunk_tokens(bag, 64) == 64
+    if not torch.cuda.is_available():
+        assert isinstance(resolve_chunk_tokens(plain, "auto"), int)
+
+
 def test_bag_model_saves_and_loads_in_textcl_and_sentence_transformers(tmp_path):
     from sentence_transformers import SentenceTransformer
 

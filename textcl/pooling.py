@@ -47,11 +47,21 @@ def bow_mean(embedding: nn.Embedding, input_ids: torch.Tensor, attention_mask: t
     ``token_weights`` (one per vocabulary id, e.g. SIF's ``a / (a + p(token))``,
     :mod:`textcl.token_weights`) makes it the weighted mean ``sum w_t e_t / sum w_t``.
     """
-    rows = embedding(input_ids)
-    mask = attention_mask.unsqueeze(-1).to(rows.dtype)
+    if type(embedding) is not nn.Embedding or embedding.max_norm is not None:
+        # A model's own embedding class (e.g. one that scales its rows) is called as it is.
+        rows = embedding(input_ids)
+        mask = attention_mask.unsqueeze(-1).to(rows.dtype)
+        if token_weights is not None:
+            mask = mask * token_weights.to(rows.device, rows.dtype)[input_ids].unsqueeze(-1)
+        return (rows * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+    weight = embedding.weight
+    mask = attention_mask.to(weight.dtype)
     if token_weights is not None:
-        mask = mask * token_weights.to(rows.device, rows.dtype)[input_ids].unsqueeze(-1)
-    return (rows * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        mask = mask * token_weights.to(weight.device, weight.dtype)[input_ids]
+    # One fused gather-and-sum, 2-4x faster than gathering the (B, T, d) rows on CPU, forward
+    # and backward; padding has weight 0.
+    total = F.embedding_bag(input_ids, weight, per_sample_weights=mask, mode="sum")
+    return total / mask.sum(dim=1, keepdim=True).clamp(min=1e-9)
 
 
 def concat_start_bag(pooled: torch.Tensor, start_bag: torch.Tensor, weight: float) -> torch.Tensor:
