@@ -47,21 +47,20 @@ def bow_mean(embedding: nn.Embedding, input_ids: torch.Tensor, attention_mask: t
     ``token_weights`` (one per vocabulary id, e.g. SIF's ``a / (a + p(token))``,
     :mod:`textcl.token_weights`) makes it the weighted mean ``sum w_t e_t / sum w_t``.
     """
-    if type(embedding) is not nn.Embedding or embedding.max_norm is not None:
-        # A model's own embedding class (e.g. one that scales its rows) is called as it is.
-        rows = embedding(input_ids)
-        mask = attention_mask.unsqueeze(-1).to(rows.dtype)
-        if token_weights is not None:
-            mask = mask * token_weights.to(rows.device, rows.dtype)[input_ids].unsqueeze(-1)
-        return (rows * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-    weight = embedding.weight
-    mask = attention_mask.to(weight.dtype)
+    # A plain table takes one fused gather-and-sum, 2-4x faster than gathering the (B, T, d) rows
+    # on CPU, forward and backward; a model's own embedding class (e.g. one that scales its rows)
+    # is called as it is.
+    fused = type(embedding) is nn.Embedding and embedding.max_norm is None
+    rows = None if fused else embedding(input_ids)
+    ref = embedding.weight if fused else rows
+    weights = attention_mask.to(ref.device, ref.dtype)  # padding has weight 0
     if token_weights is not None:
-        mask = mask * token_weights.to(weight.device, weight.dtype)[input_ids]
-    # One fused gather-and-sum, 2-4x faster than gathering the (B, T, d) rows on CPU, forward
-    # and backward; padding has weight 0.
-    total = F.embedding_bag(input_ids, weight, per_sample_weights=mask, mode="sum")
-    return total / mask.sum(dim=1, keepdim=True).clamp(min=1e-9)
+        weights = weights * token_weights.to(ref.device, ref.dtype)[input_ids]
+    if fused:
+        total = F.embedding_bag(input_ids, embedding.weight, per_sample_weights=weights, mode="sum")
+    else:
+        total = (rows * weights.unsqueeze(-1)).sum(dim=1)
+    return total / weights.sum(dim=1, keepdim=True).clamp(min=1e-9)
 
 
 def concat_start_bag(pooled: torch.Tensor, start_bag: torch.Tensor, weight: float) -> torch.Tensor:
